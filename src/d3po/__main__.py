@@ -1,0 +1,3 @@
+from d3po.cli import main
+
+main()

@@ -1,0 +1,169 @@
+"""Typed, frozen settings for each step, parsed from the JSON documents the workflow passes.
+
+Config flows one way: YAML -> JSON schema (defaults, descriptions) -> rule params -> these
+dataclasses -> functions. Unknown or mistyped keys fail here with the key's full name, so a
+typo in a hand-written settings file is never silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from d3po.models import LoraSpec, ModelSpec
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    """The sampling policy: a stochastic DDIM step with classifier-free guidance."""
+
+    num_steps: int = 20
+    """DDIM steps T; each one is an action of the MDP."""
+    eta: float = 1.0
+    """DDIM noise scale; must be > 0 for the step to have a log-probability."""
+    guidance_scale: float = 5.0
+    """Classifier-free guidance weight (1 = no guidance)."""
+    batch_size: int = 32
+    """Images per UNet call while sampling (each image is two UNet items with guidance)."""
+
+
+@dataclass(frozen=True)
+class TrainingSpec:
+    """The online loop shared by D3PO and DDPO."""
+
+    epochs: int = 10
+    checkpoint_every: int = 5
+    """Save the adapter (and the resume state) every N epochs, and after the last one."""
+    prompts_per_epoch: int = 10
+    """Prompts drawn (with replacement) per epoch."""
+    images_per_prompt: int = 2
+    """K images per prompt from one initial noise; D3PO gets K(K-1)/2 pairs per prompt."""
+    batch_size: int = 1
+    """Units per optimizer step: preference pairs (D3PO) or samples (DDPO)."""
+    micro_batch_size: int = 32
+    """(unit, timestep) items per forward/backward; the loss is a sum, so this is exact."""
+    timestep_fraction: float = 1.0
+    """Fraction of the denoising steps trained per unit (a random subset each epoch)."""
+    learning_rate: float = 3e-5
+    weight_decay: float = 1e-4
+    max_grad_norm: float = 1.0
+    mixed_precision: str = "no"
+    """'no', 'fp16' or 'bf16' (autocast on GPU; ignored on CPU)."""
+    gradient_checkpointing: bool = False
+    log_prob_reduction: str = "mean"
+    """How a step's Gaussian log-density is reduced over latent dimensions: 'mean' (as the
+    reference implementation, which shrinks every log-ratio by the number of dimensions, so
+    beta and eps act on a per-dimension scale) or 'sum' (the exact log-density)."""
+
+
+@dataclass(frozen=True)
+class D3POSpec:
+    beta: float = 0.1
+    """Inverse temperature of the DPO loss."""
+    eps: float = 0.1
+    """Policy/reference ratios are clamped to [1 - eps, 1 + eps]."""
+
+
+@dataclass(frozen=True)
+class DDPOSpec:
+    clip_range: float = 1e-4
+    """PPO ratio clip (DDPO uses a very small one)."""
+    adv_clip_max: float = 5.0
+    """Advantages are clipped to [-adv_clip_max, adv_clip_max]."""
+    buffer_size: int = 16
+    """Per-prompt buffer of recent rewards used to normalise advantages."""
+    min_count: int = 16
+    """Below this many rewards for a prompt, normalise with the batch statistics."""
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Everything `d3po train` needs for one run (experiment x method x seed)."""
+
+    method: str
+    prompts: tuple[str, ...]
+    objectives: tuple[str, ...]
+    seed: int = 0
+    model: ModelSpec = field(default_factory=ModelSpec)
+    lora: LoraSpec = field(default_factory=LoraSpec)
+    sampler: SamplerSpec = field(default_factory=SamplerSpec)
+    training: TrainingSpec = field(default_factory=TrainingSpec)
+    d3po: D3POSpec = field(default_factory=D3POSpec)
+    ddpo: DDPOSpec = field(default_factory=DDPOSpec)
+    proxy_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.prompts:
+            raise ValueError("prompts: the training prompt list is empty")
+        if not self.objectives:
+            raise ValueError("objectives: name at least one proxy objective")
+        if self.method == "ddpo" and len(self.objectives) != 1:
+            raise ValueError(
+                f"objectives: DDPO needs one scalar reward, got {len(self.objectives)} "
+                f"({', '.join(self.objectives)}); use D3PO for several (Pareto) objectives"
+            )
+
+
+@dataclass(frozen=True)
+class SampleSettings:
+    """Everything `d3po sample` needs: a model, prompts and seeds."""
+
+    prompts: tuple[str, ...]
+    images_per_prompt: int = 4
+    seed: int = 0
+    model: ModelSpec = field(default_factory=ModelSpec)
+    lora: LoraSpec = field(default_factory=LoraSpec)
+    sampler: SamplerSpec = field(default_factory=SamplerSpec)
+
+    def __post_init__(self) -> None:
+        if not self.prompts:
+            raise ValueError("prompts: the prompt list is empty")
+
+
+def parse(cls: type[T], data: dict[str, Any] | str | Path, where: str = "settings") -> T:
+    """Build dataclass ``cls`` from a dict, a JSON string or a JSON file, checking every key."""
+    if isinstance(data, Path):
+        data = json.loads(data.read_text())
+    elif isinstance(data, str):
+        data = json.loads(data)
+    return _build(cls, data, where)
+
+
+def _build(cls: type[T], data: Any, where: str) -> T:
+    if not isinstance(data, dict):
+        raise TypeError(f"{where}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - fields)
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(fields)}")
+    values = {name: _convert(hints[name], value, f"{where}.{name}") for name, value in data.items()}
+    return cls(**values)
+
+
+def _convert(hint: Any, value: Any, where: str) -> Any:
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, where)
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (types.UnionType, typing.Union):  # X | None
+        if value is None:
+            return None
+        return _convert(next(a for a in args if a is not type(None)), value, where)
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise TypeError(f"{where}: expected a list, got {value!r}")
+        return tuple(value)
+    if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, str, bool) and not isinstance(value, hint) or (
+        hint is int and isinstance(value, bool)
+    ):
+        raise TypeError(f"{where}: expected {hint.__name__}, got {value!r}")
+    return value

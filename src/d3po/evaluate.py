@@ -1,0 +1,77 @@
+"""Held-out sample sets: fixed prompts and seeds, the base model or any checkpoint.
+
+Every model of an experiment is evaluated on the same prompts and initial noises: the seed of
+prompt i is derived from (settings.seed, i), so the base model and each checkpoint see exactly
+the same x_T and step noises, and differences come from the weights alone. A sample set is a
+folder of PNGs with a ``manifest.csv`` (id, prompt, group, seed, path) that scoring reads.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+
+from d3po.config import SampleSettings
+from d3po.models import load_lora, load_pipeline
+from d3po.sampling import sample
+
+
+def evaluation_seeds(seed: int, count: int) -> list[int]:
+    """One fixed initial-noise seed per held-out prompt."""
+    return [int(s) for s in np.random.SeedSequence(seed).generate_state(count)]
+
+
+def write_samples(
+    settings: SampleSettings, out_dir: Path, adapter: Path | None = None, device: str | None = None
+) -> pd.DataFrame:
+    """Sample every prompt K times (one initial noise per prompt) and write a sample set."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    pipe = load_pipeline(settings.model, device)
+    if adapter is not None:
+        load_lora(pipe, adapter)
+    prompts = list(settings.prompts)
+    seeds = evaluation_seeds(settings.seed, len(prompts))
+    images = []
+    for start in range(0, len(prompts), settings.sampler.batch_size):
+        batch = slice(start, start + settings.sampler.batch_size)
+        trajectories = sample(
+            pipe, prompts[batch], settings.images_per_prompt, seeds[batch], settings.sampler
+        )
+        images.append(trajectories.images)
+    return _write_sample_set(torch.cat(images), prompts, seeds, settings.images_per_prompt, out_dir)
+
+
+def _write_sample_set(
+    images: torch.Tensor, prompts: list[str], seeds: list[int], k: int, out_dir: Path
+) -> pd.DataFrame:
+    """PNGs + manifest, written to a temporary folder and renamed into place when complete."""
+    staging = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    pixels = (images.permute(0, 2, 3, 1) * 255).round().clamp(0, 255).byte().cpu().numpy()
+    rows = []
+    for index, array in enumerate(pixels):
+        group = index // k
+        name = f"{group:04d}_{index % k:02d}.png"
+        Image.fromarray(array).save(staging / name)
+        rows.append(
+            {
+                "id": name[:-4],
+                "prompt": prompts[group],
+                "group": group,
+                "seed": seeds[group],
+                "path": name,
+            }
+        )
+    manifest = pd.DataFrame(rows)
+    manifest.to_csv(staging / "manifest.csv", index=False)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(staging, out_dir)
+    return manifest

@@ -1,0 +1,320 @@
+"""Load the text-to-image models D3PO fine-tunes, and give them LoRA adapters.
+
+Every model is a diffusers ``StableDiffusionPipeline`` (UNet2DConditionModel, CLIPTextModel,
+CLIPTokenizer, DDIMScheduler, and a VAE for latent models), whatever its size:
+
+- a hub id (``stable-diffusion-v1-5/stable-diffusion-v1-5``) or a local folder in the diffusers
+  layout, loaded offline unless ``local_files_only`` is false;
+- ``tiny-random``: an embedded pixel-space model with the same architecture, built in memory
+  from a seed (1.7 M parameters, 16x16 RGB), for laptops, tests and CI;
+- ``toy``: the same architecture pretrained on the procedural world of ``d3po.world``, shipped
+  in ``d3po/assets/toy`` (built by ``d3po pretrain-toy``).
+
+A pixel-space model has ``vae=None``: its "latents" are images in [-1, 1].
+
+LoRA follows the diffusers/peft convention: ``unet.add_adapter`` on the attention projections,
+saved with ``save_lora_weights`` so that ``pipe.load_lora_weights(folder)`` loads it back. The
+reference policy of D3PO is the same UNet with the adapter switched off (``reference_policy``),
+never a second copy of the weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+EMBEDDED_MODELS = ("tiny-random", "toy")
+LORA_TARGET_MODULES = ["to_q", "to_k", "to_v", "to_out.0"]
+TOY_MODEL_DIR = Path(__file__).parent / "assets" / "toy"
+
+#: Words the embedded tokenizer knows as single tokens; any other word is spelled by characters.
+TINY_VOCABULARY = (
+    "a an the of and with on in photo picture "
+    "red green blue yellow orange purple white black pink brown gray "
+    "circle square triangle star cross ring "
+    "cat dog horse monkey rabbit zebra spider bird sheep deer cow goat lion tiger bear raccoon "
+    "fox wolf lizard beetle ant butterfly fish shark whale dolphin squirrel mouse rat snake "
+    "turtle frog chicken duck goose bee pig turkey fly llama camel bat gorilla hedgehog kangaroo"
+).split()
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which model to load and how."""
+
+    source: str = "tiny-random"
+    """'tiny-random', 'toy', a hub id or a local diffusers folder."""
+    revision: str | None = None
+    """Hub revision (branch, tag or commit); ignored for local folders."""
+    local_files_only: bool = True
+    """Never touch the network: the weights must already be in a folder or the HF cache."""
+    dtype: str = "float32"
+    """Weights dtype of the frozen parts: float32, float16 or bfloat16."""
+    seed: int = 0
+    """Seed of the tiny-random weights."""
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """The LoRA adapter trained on the UNet attention projections (q, k, v, out)."""
+
+    rank: int = 4
+    alpha: float = 4.0
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """The weights of a configured model are not on this machine."""
+
+
+def load_pipeline(spec: ModelSpec, device: torch.device | str = "cpu"):
+    """Load the pipeline named by ``spec``, frozen (no gradients), on ``device``."""
+    from diffusers import DDIMScheduler
+
+    if spec.source == "tiny-random":
+        pipe = build_tiny_pipeline(seed=spec.seed)
+    elif spec.source == "toy":
+        pipe = _load_diffusers_folder(TOY_MODEL_DIR, spec, rebuild_hint="d3po pretrain-toy")
+    elif Path(spec.source).exists():
+        pipe = _load_diffusers_folder(Path(spec.source), spec)
+    elif _looks_like_path(spec.source):
+        raise ModelNotFoundError(
+            f"model.source: folder '{spec.source}' does not exist. Point it at a diffusers model "
+            "folder (with model_index.json), a hub id, or one of: " + ", ".join(EMBEDDED_MODELS)
+        )
+    else:
+        pipe = _load_from_hub(spec)
+    # Sampling is always DDIM (the D3PO/DDPO policy is a stochastic DDIM step).
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    for module in (pipe.unet, pipe.text_encoder, pipe.vae):
+        if module is not None:
+            module.requires_grad_(False)
+            module.eval()
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device, dtype=torch_dtype(spec.dtype))
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """'float32' | 'float16' | 'bfloat16' -> torch dtype."""
+    dtypes = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+    if name not in dtypes:
+        raise ValueError(f"model.dtype: unknown dtype '{name}'; use one of {', '.join(dtypes)}")
+    return dtypes[name]
+
+
+def _looks_like_path(source: str) -> bool:
+    return source.startswith((".", "/", "~")) or os.sep in source.strip("/").replace("/", os.sep, 1)
+
+
+def _load_diffusers_folder(folder: Path, spec: ModelSpec, rebuild_hint: str | None = None):
+    from diffusers import StableDiffusionPipeline
+
+    if not (folder / "model_index.json").exists():
+        hint = f" Rebuild it with `{rebuild_hint}`." if rebuild_hint else ""
+        raise ModelNotFoundError(
+            f"{folder / 'model_index.json'} is missing: '{folder}' is not a diffusers model "
+            f"folder.{hint}"
+        )
+    try:
+        return StableDiffusionPipeline.from_pretrained(
+            folder, local_files_only=True, **_absent_components(folder)
+        )
+    except (OSError, ValueError, EnvironmentError) as error:
+        hint = f" Rebuild it with `{rebuild_hint}`." if rebuild_hint else ""
+        raise ModelNotFoundError(f"could not load the model in '{folder}': {error}.{hint}") from error
+
+
+def _absent_components(folder: Path | None = None) -> dict:
+    """Components D3PO never uses (set to None), plus the VAE of a pixel-space folder."""
+    import json
+
+    absent = {"safety_checker": None, "feature_extractor": None, "image_encoder": None}
+    if folder is not None:
+        index = json.loads((folder / "model_index.json").read_text())
+        if index.get("vae", [None])[0] is None:
+            absent["vae"] = None
+    return absent | {"requires_safety_checker": False}
+
+
+def _load_from_hub(spec: ModelSpec):
+    """Load a hub model from the local HF cache (or download it if allowed)."""
+    from diffusers import StableDiffusionPipeline
+
+    offline = spec.local_files_only or os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "")
+    try:
+        return StableDiffusionPipeline.from_pretrained(
+            spec.source,
+            revision=spec.revision,
+            local_files_only=offline,
+            **_absent_components(),
+        )
+    except (OSError, ValueError) as error:
+        how = (
+            "Download it once on a machine with network (`huggingface-cli download "
+            f"{spec.source}`) and copy the HF cache, or set model.source to a local folder."
+            if offline
+            else "Check the hub id and your network/HF token."
+        )
+        raise ModelNotFoundError(
+            f"model.source: cannot load '{spec.source}' "
+            f"({'offline' if offline else 'online'}): {error}\n{how}"
+        ) from error
+
+
+# --------------------------------------------------------------------------- the tiny model
+
+
+def build_tokenizer(words: tuple[str, ...] = TINY_VOCABULARY, max_length: int = 16):
+    """A CLIP BPE tokenizer in which each of ``words`` is one token.
+
+    The base vocabulary is CLIP's byte-level alphabet (so any text still tokenizes, letter by
+    letter); one merge per extra letter builds each known word. The vocabulary and merges are
+    passed as objects: transformers 5 silently ignores ``vocab_file=``/``merges_file=``.
+    """
+    from transformers import CLIPTokenizer
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    alphabet = list(bytes_to_unicode().values())
+    tokens = ["<|startoftext|>", "<|endoftext|>"] + alphabet + [s + "</w>" for s in alphabet]
+    merges: list[tuple[str, str]] = []
+    for word in words:
+        pieces = list(word[:-1]) + [word[-1] + "</w>"]
+        left = pieces[0]
+        for right in pieces[1:]:
+            if (left, right) not in merges:
+                merges.append((left, right))
+            left = left + right
+            if left not in tokens:
+                tokens.append(left)
+    return CLIPTokenizer(
+        vocab={token: index for index, token in enumerate(tokens)},
+        merges=merges,
+        model_max_length=max_length,
+    )
+
+
+def build_tiny_pipeline(seed: int = 0, sample_size: int = 16):
+    """The embedded pixel-space text-to-image model, with random weights drawn from ``seed``."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    tokenizer = build_tokenizer()
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=tokenizer.model_max_length,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+    unet = UNet2DConditionModel(
+        sample_size=sample_size,
+        in_channels=3,
+        out_channels=3,
+        layers_per_block=1,
+        block_out_channels=(32, 64, 64),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=64,
+        attention_head_dim=8,
+        norm_num_groups=8,
+    )
+    scheduler = DDIMScheduler(
+        num_train_timesteps=1000,
+        beta_schedule="squaredcos_cap_v2",
+        clip_sample=True,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        prediction_type="epsilon",
+    )
+    return StableDiffusionPipeline(
+        vae=None,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+# --------------------------------------------------------------------------- LoRA
+
+
+def add_lora(unet, spec: LoraSpec) -> list[torch.nn.Parameter]:
+    """Attach a trainable LoRA adapter (zero at start) to the UNet; return its parameters."""
+    from peft import LoraConfig
+
+    unet.add_adapter(
+        LoraConfig(
+            r=spec.rank,
+            lora_alpha=spec.alpha,
+            init_lora_weights="gaussian",
+            target_modules=LORA_TARGET_MODULES,
+        )
+    )
+    parameters = [p for p in unet.parameters() if p.requires_grad]
+    for parameter in parameters:  # train the adapter in fp32 even when the base is half
+        parameter.data = parameter.data.float()
+    return parameters
+
+
+@contextlib.contextmanager
+def reference_policy(unet) -> Iterator[None]:
+    """Run the UNet as the frozen base model: the adapter off, restored on exit.
+
+    ``disable_adapters`` gives the base outputs exactly (checked in the tests); note that
+    ``active_adapters()`` still lists the adapter meanwhile, so it is no test of the state.
+    """
+    unet.disable_adapters()
+    try:
+        yield
+    finally:
+        unet.enable_adapters()
+
+
+def save_lora(unet, folder: Path) -> Path:
+    """Save the UNet adapter in the diffusers format; ``pipe.load_lora_weights(folder)`` reads it."""
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+
+    state = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    StableDiffusionPipeline.save_lora_weights(
+        folder, unet_lora_layers=state, safe_serialization=True
+    )
+    return folder / "pytorch_lora_weights.safetensors"
+
+
+def load_lora(pipe, folder: Path) -> None:
+    """Load a saved adapter into the pipeline (and switch it on)."""
+    weights = Path(folder) / "pytorch_lora_weights.safetensors"
+    if not weights.exists():
+        raise FileNotFoundError(
+            f"{weights} is missing: '{folder}' is not a LoRA checkpoint written by `d3po train`"
+        )
+    pipe.load_lora_weights(str(folder), weight_name=weights.name)
+
+
+def load_lora_state(unet, folder: Path) -> None:
+    """Load a saved adapter's weights into the UNet's existing (trainable) adapter: resume."""
+    from diffusers.utils import convert_unet_state_dict_to_peft
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    state = load_file(Path(folder) / "pytorch_lora_weights.safetensors")
+    state = convert_unet_state_dict_to_peft({k.removeprefix("unet."): v for k, v in state.items()})
+    result = set_peft_model_state_dict(unet, state)
+    if result.unexpected_keys:
+        raise ValueError(f"{folder}: adapter keys do not match the model: {result.unexpected_keys[:3]}")

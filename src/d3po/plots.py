@@ -1,0 +1,314 @@
+"""Tables and figures from workflow outputs: evaluation table, learning curves, sample grids.
+
+Inputs are the files of docs/design.md: score CSVs ``id, proxy, value`` (one per sample set and
+proxy), sample directories with ``manifest.csv``, training ``metrics.csv``. The evaluation table
+is long: ``experiment, method, seed, epoch, samples_seen, proxy, mean, std, n`` with method
+"base" (epoch 0) for the untrained model. Standard deviations are population std (ddof=0), so
+they are defined for a single image or a single seed.
+
+References: the curves mirror Figure 3 of Yang et al., "Using Human Feedback to Fine-tune
+Diffusion Models without Any Reward Model" (D3PO, CVPR 2024, arXiv 2311.13231): held-out proxy
+value against the number of samples seen in training.
+"""
+
+from __future__ import annotations
+
+import os
+import textwrap
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from PIL import Image  # noqa: E402
+
+EVALUATION_COLUMNS = [
+    "experiment",
+    "method",
+    "seed",
+    "epoch",
+    "samples_seen",
+    "proxy",
+    "mean",
+    "std",
+    "n",
+]
+RUN_KEYS = ("experiment", "method", "seed", "epoch", "samples_seen")
+BASE = "base"
+
+
+def _write_atomically(text_or_frame: str | pd.DataFrame, out_path: Path) -> None:
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp_path = out_path.with_name(f".{out_path.name}.tmp{os.getpid()}")
+    if isinstance(text_or_frame, pd.DataFrame):
+        text_or_frame.to_csv(tmp_path, index=False)
+    else:
+        tmp_path.write_text(text_or_frame, encoding="utf-8")
+    os.replace(tmp_path, out_path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation table
+# ---------------------------------------------------------------------------------------------
+
+
+def collect_evaluation(
+    score_csvs: Sequence[Path], runs: Sequence[dict[str, Any]], out_csv: Path
+) -> pd.DataFrame:
+    """Summarise score CSVs into the long evaluation table (mean, std, n over images).
+
+    ``runs[k]`` describes the sample set scored in ``score_csvs[k]``: a dict with keys
+    experiment, method, seed, epoch, samples_seen.
+    """
+    if len(score_csvs) != len(runs):
+        raise ValueError(f"got {len(score_csvs)} score files but {len(runs)} run descriptions")
+    rows = []
+    for score_csv, run in zip(score_csvs, runs, strict=True):
+        missing = [key for key in RUN_KEYS if key not in run]
+        if missing:
+            raise ValueError(f"run description for {score_csv} lacks {missing}")
+        scores = pd.read_csv(score_csv)
+        for proxy, values in scores.groupby("proxy", sort=True)["value"]:
+            summary = {"proxy": proxy, "mean": values.mean(), "std": values.std(ddof=0)}
+            rows.append({**{key: run[key] for key in RUN_KEYS}, **summary, "n": len(values)})
+    table = pd.DataFrame(rows, columns=EVALUATION_COLUMNS)
+    _write_atomically(table, Path(out_csv))
+    return table
+
+
+def _read_evaluations(evaluation_csvs: Sequence[Path] | Path) -> pd.DataFrame:
+    paths = [evaluation_csvs] if isinstance(evaluation_csvs, str | Path) else evaluation_csvs
+    table = pd.concat([pd.read_csv(path) for path in paths], ignore_index=True)
+    missing = [column for column in EVALUATION_COLUMNS if column not in table.columns]
+    if missing:
+        raise ValueError(f"evaluation table lacks columns {missing}: {list(map(str, paths))}")
+    return table
+
+
+# ---------------------------------------------------------------------------------------------
+# Learning curves
+# ---------------------------------------------------------------------------------------------
+
+
+def _curve_label(experiment: str, method: str, several_experiments: bool) -> str:
+    return f"{experiment}: {method}" if several_experiments else method
+
+
+def _plot_proxy_panel(axis: plt.Axes, table: pd.DataFrame, proxy: str) -> None:
+    """Mean over seeds vs samples seen, min-max band over seeds, base as a dashed line."""
+    rows = table[table["proxy"] == proxy]
+    several = rows["experiment"].nunique() > 1
+    for (experiment, method), curve in rows.groupby(["experiment", "method"], sort=True):
+        label = _curve_label(experiment, method, several)
+        per_step = curve.groupby("samples_seen")["mean"].agg(["mean", "min", "max"])
+        if method == BASE:
+            axis.axhline(per_step["mean"].mean(), color="gray", linestyle="--", label=label)
+            continue
+        (line,) = axis.plot(per_step.index, per_step["mean"], marker="o", markersize=3, label=label)
+        axis.fill_between(
+            per_step.index, per_step["min"], per_step["max"], color=line.get_color(), alpha=0.2
+        )
+    axis.set_title(f"held-out {proxy}")
+    axis.set_xlabel("training samples seen")
+    axis.set_ylabel(f"{proxy} (mean over images)")
+    axis.legend(fontsize="small")
+    axis.grid(alpha=0.3)
+
+
+def _plot_metrics_panel(axis: plt.Axes, metrics_csvs: dict[str, Path]) -> None:
+    for label, path in metrics_csvs.items():
+        metrics = pd.read_csv(path)
+        axis.plot(metrics["samples_seen"], metrics["reward_mean"], label=label)
+    axis.set_title("training batches")
+    axis.set_xlabel("training samples seen")
+    axis.set_ylabel("reward_mean (training objective)")
+    axis.legend(fontsize="small")
+    axis.grid(alpha=0.3)
+
+
+def plot_curves(
+    evaluation_csv: Path | Sequence[Path],
+    out_png: Path,
+    metrics_csvs: dict[str, Path] | None = None,
+) -> None:
+    """One panel per proxy: held-out mean vs samples seen, one line per method.
+
+    Lines are the mean over seeds, the shaded band spans the seeds' min to max; the base model
+    is a dashed horizontal line. With ``metrics_csvs`` (label -> metrics.csv) an extra panel
+    shows the training-batch reward of each run.
+    """
+    table = _read_evaluations(evaluation_csv)
+    proxies = sorted(table["proxy"].unique())
+    panels = len(proxies) + (1 if metrics_csvs else 0)
+    figure, axes = plt.subplots(1, panels, figsize=(4.5 * panels, 3.6), squeeze=False)
+    for axis, proxy in zip(axes[0], proxies, strict=False):
+        _plot_proxy_panel(axis, table, proxy)
+    if metrics_csvs:
+        _plot_metrics_panel(axes[0][-1], metrics_csvs)
+    figure.tight_layout()
+    Path(out_png).parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out_png, dpi=120)
+    plt.close(figure)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sample grid
+# ---------------------------------------------------------------------------------------------
+
+
+def _first_image_per_prompt(samples_dir: Path) -> dict[str, Path]:
+    manifest_path = Path(samples_dir) / "manifest.csv"
+    if not manifest_path.is_file():
+        raise FileNotFoundError(f"sample manifest not found: {manifest_path}")
+    manifest = pd.read_csv(manifest_path, dtype={"prompt": str, "path": str})
+    first = manifest.drop_duplicates("prompt", keep="first")
+    return {
+        prompt: Path(samples_dir) / path
+        for prompt, path in zip(first["prompt"], first["path"], strict=True)
+    }
+
+
+def _upscaled(path: Path, min_size: int = 128) -> np.ndarray:
+    """Load an image; enlarge small ones by an integer factor with nearest-neighbour pixels."""
+    image = Image.open(path).convert("RGB")
+    factor = max(1, -(-min_size // min(image.size)))  # ceil division
+    if factor > 1:
+        image = image.resize((image.width * factor, image.height * factor), Image.NEAREST)
+    return np.asarray(image)
+
+
+def sample_grid(
+    before_dir: Path, after_dirs: dict[str, Path], out_png: Path, max_prompts: int = 6
+) -> None:
+    """Rows = prompts (first ``max_prompts`` of the base set), columns = base then each method.
+
+    Each cell shows the first image generated for that prompt in that sample set.
+    """
+    columns = {BASE: _first_image_per_prompt(before_dir)}
+    columns.update({label: _first_image_per_prompt(path) for label, path in after_dirs.items()})
+    prompts = list(columns[BASE])[:max_prompts]
+    figure, axes = plt.subplots(
+        len(prompts), len(columns), figsize=(2.2 * len(columns), 2.2 * len(prompts)), squeeze=False
+    )
+    for row, prompt in enumerate(prompts):
+        for col, (label, images) in enumerate(columns.items()):
+            axis = axes[row][col]
+            axis.set_xticks([])
+            axis.set_yticks([])
+            if prompt in images:
+                axis.imshow(_upscaled(images[prompt]), interpolation="nearest")
+            else:
+                axis.text(0.5, 0.5, "missing", ha="center", va="center")
+            if row == 0:
+                axis.set_title(label)
+            if col == 0:
+                axis.set_ylabel(textwrap.fill(prompt, 24), fontsize="small")
+    figure.tight_layout()
+    Path(out_png).parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out_png, dpi=120)
+    plt.close(figure)
+
+
+# ---------------------------------------------------------------------------------------------
+# Results table
+# ---------------------------------------------------------------------------------------------
+
+
+def _over_seeds(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per proxy: mean and std over seeds of the per-seed image means, and the seed count."""
+    stats = rows.groupby("proxy")["mean"].agg(["mean", lambda x: x.std(ddof=0), "count"])
+    stats.columns = ["mean", "std", "seeds"]
+    return stats
+
+
+def _last_epoch(rows: pd.DataFrame) -> pd.DataFrame:
+    """Keep, for every seed, only the rows of its last evaluated epoch."""
+    last = rows.groupby("seed")["epoch"].transform("max")
+    return rows[rows["epoch"] == last]
+
+
+def _summary_rows(table: pd.DataFrame, objectives: dict[str, str]) -> list[dict[str, Any]]:
+    rows = []
+    for experiment, runs in table.groupby("experiment", sort=True):
+        start = _over_seeds(runs[runs["method"] == BASE])
+        objective = objectives.get(experiment, experiment)
+        proxies = sorted(runs["proxy"].unique(), key=lambda proxy: (proxy != objective, proxy))
+        for method, method_runs in runs[runs["method"] != BASE].groupby("method", sort=True):
+            end = _over_seeds(_last_epoch(method_runs))
+            for proxy in proxies:
+                rows.append(
+                    {
+                        "experiment": experiment,
+                        "method": method,
+                        "proxy": proxy,
+                        "objective": proxy == objective,
+                        "start_mean": start["mean"].get(proxy, np.nan),
+                        "start_std": start["std"].get(proxy, np.nan),
+                        "end_mean": end["mean"].get(proxy, np.nan),
+                        "end_std": end["std"].get(proxy, np.nan),
+                        "seeds": int(end["seeds"].get(proxy, 0)),
+                    }
+                )
+    return rows
+
+
+def _format(mean: float, std: float) -> str:
+    if np.isnan(mean):
+        return "-"
+    return f"{mean:.3g} ± {std:.2g}"
+
+
+def _markdown(summary: pd.DataFrame) -> str:
+    """A GitHub Markdown table (written by hand: no tabulate dependency)."""
+    header = ["objective", "method", "proxy", "start (base)", "end", "seeds", "paper"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in summary.itertuples(index=False):
+        proxy = f"**{row.proxy}**" if row.objective else row.proxy
+        paper = "" if pd.isna(row.paper) else f"{row.paper:g}"
+        cells = [
+            row.experiment,
+            row.method,
+            proxy,
+            _format(row.start_mean, row.start_std),
+            _format(row.end_mean, row.end_std),
+            str(row.seeds),
+            paper,
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def results_table(
+    evaluation_csvs: Sequence[Path],
+    out_csv: Path,
+    out_md: Path,
+    paper: dict[str, dict[str, float]] | None = None,
+    objectives: dict[str, str] | None = None,
+) -> pd.DataFrame:
+    """Start and end values per experiment x method x proxy, mean ± std over seeds.
+
+    Long layout, one row per (experiment, method, proxy): ``start_*`` is the base model (method
+    "base"), ``end_*`` each seed's last evaluated epoch; mean and std are over seeds of the
+    per-seed image means. The experiment's objective proxy (``objectives[experiment]``, by
+    default the experiment's own name) comes first and is bold in the Markdown. ``paper``
+    ({experiment: {method: value}}) fills the "paper" column on the objective row.
+    """
+    table = _read_evaluations(evaluation_csvs)
+    summary = pd.DataFrame(_summary_rows(table, objectives or {}))
+    if summary.empty:
+        raise ValueError("no trained runs (method other than 'base') in the evaluation tables")
+    paper = paper or {}
+    summary["paper"] = [
+        paper.get(row.experiment, {}).get(row.method, np.nan) if row.objective else np.nan
+        for row in summary.itertuples(index=False)
+    ]
+    _write_atomically(summary, Path(out_csv))
+    _write_atomically(_markdown(summary), Path(out_md))
+    return summary

@@ -1,0 +1,375 @@
+"""Proxy objectives ("rewards"): string-named plug-ins with one signature.
+
+Every proxy is a function
+
+    fn(images, prompts, **options) -> np.ndarray of shape (B,), float64, higher = better
+
+with ``images`` a float tensor (B, 3, H, W) in [0, 1] and ``prompts`` a list of B strings. D3PO
+only uses the ORDER of these values (Pareto preferences); DDPO uses them as scalar rewards.
+
+Registered here:
+
+- ``jpeg_incompressibility``: size of the image saved as JPEG (quality 95), in kB (1 kB = 1024
+  bytes, as in ddpo-pytorch and the D3PO reference code).
+- ``jpeg_compressibility``: the negative of that.
+- ``aesthetic``: the LAION "improved aesthetic predictor" (an MLP 768-1024-128-64-16-1 on the
+  L2-normalised CLIP ViT-L/14 image embedding, weights sac+logos+ava1-l14-linearMSE.pth).
+
+Other modules register more proxies with :func:`register`; modules listed in ``_PLUGIN_MODULES``
+are imported on the first lookup, so their names appear without an explicit import.
+
+References: Yang et al., "Using Human Feedback to Fine-tune Diffusion Models without Any Reward
+Model" (D3PO, CVPR 2024, arXiv 2311.13231); Black et al., "Training Diffusion Models with
+Reinforcement Learning" (DDPO, arXiv 2305.13301); github.com/christophschuhmann/
+improved-aesthetic-predictor (the aesthetic head).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import io
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+
+ProxyFn = Callable[..., np.ndarray]
+
+_REGISTRY: dict[str, ProxyFn] = {}
+# Modules that register proxies when imported (e.g. the toy-world judges); imported lazily.
+_PLUGIN_MODULES: list[str] = ["d3po.judges"]
+_plugins_loaded = False
+
+MANIFEST_COLUMNS = ("id", "prompt", "group", "seed", "path")
+AESTHETIC_HEAD_FILE = "sac+logos+ava1-l14-linearMSE.pth"
+AESTHETIC_HEAD_URL = "https://github.com/christophschuhmann/improved-aesthetic-predictor"
+
+
+# ---------------------------------------------------------------------------------------------
+# Registry
+# ---------------------------------------------------------------------------------------------
+
+
+def register(name: str) -> Callable[[ProxyFn], ProxyFn]:
+    """Decorator: register ``fn`` as the proxy ``name`` (names must be unique)."""
+
+    def decorator(fn: ProxyFn) -> ProxyFn:
+        if name in _REGISTRY and _REGISTRY[name] is not fn:
+            raise ValueError(f"proxy {name!r} is already registered")
+        _REGISTRY[name] = fn
+        return fn
+
+    return decorator
+
+
+def _load_plugins() -> None:
+    """Import the plug-in modules once; a plug-in module that does not exist yet is skipped."""
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    for module_name in _PLUGIN_MODULES:
+        try:
+            importlib.import_module(module_name)
+        except ModuleNotFoundError as error:
+            # Only tolerate the plug-in itself being absent, never a missing dependency inside it.
+            if error.name != module_name:
+                raise
+
+
+def proxy_names() -> list[str]:
+    """Sorted names of all registered proxies (plug-ins included)."""
+    _load_plugins()
+    return sorted(_REGISTRY)
+
+
+def get_proxy(name: str) -> ProxyFn:
+    """The proxy function registered as ``name``; ValueError listing the known names otherwise."""
+    _load_plugins()
+    if name not in _REGISTRY:
+        known = ", ".join(sorted(_REGISTRY))
+        raise ValueError(f"unknown proxy {name!r}; known proxies: {known}")
+    return _REGISTRY[name]
+
+
+def score(
+    name: str, images: torch.Tensor, prompts: list[str], options: dict[str, Any] | None = None
+) -> np.ndarray:
+    """Score ``images`` (B, 3, H, W) in [0, 1] with proxy ``name``: float64 array (B,)."""
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"images must have shape (B, 3, H, W), got {tuple(images.shape)}")
+    if len(prompts) != images.shape[0]:
+        raise ValueError(f"got {images.shape[0]} images but {len(prompts)} prompts")
+    values = get_proxy(name)(images, prompts, **(options or {}))
+    values = np.asarray(values, dtype=np.float64)
+    assert values.shape == (images.shape[0],), f"proxy {name!r} returned shape {values.shape}"
+    return values
+
+
+# ---------------------------------------------------------------------------------------------
+# JPEG size
+# ---------------------------------------------------------------------------------------------
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """Float images (B, 3, H, W) in [0, 1] -> uint8 array (B, H, W, 3), rounding to nearest."""
+    pixels = (images.detach().float().cpu() * 255).round().clamp(0, 255).to(torch.uint8)
+    return pixels.permute(0, 2, 3, 1).numpy()
+
+
+def jpeg_kilobytes(image: np.ndarray, quality: int = 95) -> float:
+    """Size of one uint8 (H, W, 3) image saved as JPEG at ``quality``, in kB (1024 bytes)."""
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="JPEG", quality=quality)
+    return buffer.tell() / 1024
+
+
+@register("jpeg_incompressibility")
+def jpeg_incompressibility(
+    images: torch.Tensor, prompts: list[str], quality: int = 95, **_: Any
+) -> np.ndarray:
+    """JPEG size in kB (1 kB = 1024 bytes) at quality 95: bigger files = more detail."""
+    return np.array([jpeg_kilobytes(image, quality) for image in to_uint8(images)], np.float64)
+
+
+@register("jpeg_compressibility")
+def jpeg_compressibility(
+    images: torch.Tensor, prompts: list[str], quality: int = 95, **_: Any
+) -> np.ndarray:
+    """Negative JPEG size in kB (1 kB = 1024 bytes) at quality 95: smaller files score higher."""
+    return -jpeg_incompressibility(images, prompts, quality=quality)
+
+
+# ---------------------------------------------------------------------------------------------
+# LAION aesthetic predictor
+# ---------------------------------------------------------------------------------------------
+
+
+class AestheticHead(torch.nn.Module):
+    """The LAION improved-aesthetic-predictor MLP; state-dict keys ``layers.{0,2,4,6,7}.*``.
+
+    No activations between the Linear layers (as in the released linearMSE model); the dropout
+    layers only matter in training and are inactive in eval mode.
+    """
+
+    def __init__(self, embed_dim: int = 768) -> None:
+        super().__init__()
+        self.layers = torch.nn.Sequential(
+            torch.nn.Linear(embed_dim, 1024),
+            torch.nn.Dropout(0.2),
+            torch.nn.Linear(1024, 128),
+            torch.nn.Dropout(0.2),
+            torch.nn.Linear(128, 64),
+            torch.nn.Dropout(0.1),
+            torch.nn.Linear(64, 16),
+            torch.nn.Linear(16, 1),
+        )
+
+    def forward(self, embedding: torch.Tensor) -> torch.Tensor:
+        """(B, D) L2-normalised CLIP image embeddings -> (B, 1) scores."""
+        return self.layers(embedding)
+
+
+def _missing_head_error(head_path: str | None) -> FileNotFoundError:
+    where = f"file not found: {head_path}" if head_path else "no head file given"
+    return FileNotFoundError(
+        f"aesthetic proxy: {where}. Download {AESTHETIC_HEAD_FILE} from the LAION "
+        f"improved-aesthetic-predictor repository ({AESTHETIC_HEAD_URL}) and set the config key "
+        "proxies.aesthetic.head_path to its local path."
+    )
+
+
+def _load_head(head_path: str | None, embed_dim: int) -> torch.nn.Module:
+    if not head_path or not Path(head_path).is_file():
+        raise _missing_head_error(head_path)
+    state_dict = torch.load(head_path, map_location="cpu", weights_only=True)
+    head = AestheticHead(embed_dim)
+    try:
+        head.load_state_dict(state_dict)
+    except RuntimeError as error:
+        raise ValueError(
+            f"aesthetic head {head_path} does not fit a {embed_dim}-wide CLIP embedding "
+            f"(expected the MLP of {AESTHETIC_HEAD_FILE}): {error}"
+        ) from error
+    return head.eval()
+
+
+def _has_local_weights(local_dir: str) -> bool:
+    patterns = ("*.safetensors", "*.bin", "*.pth")
+    return any(any(Path(local_dir).glob(pattern)) for pattern in patterns)
+
+
+def _resolve_clip_weights(
+    clip_model: str, clip_pretrained: str | None, clip_checkpoint: str | None, allow_random: bool
+) -> str | None:
+    """The ``pretrained`` argument for open_clip; refuses silent random weights."""
+    if clip_checkpoint:
+        if not Path(clip_checkpoint).is_file():
+            raise FileNotFoundError(
+                f"aesthetic proxy: CLIP weights file not found: {clip_checkpoint} "
+                "(config key proxies.aesthetic.clip_checkpoint)"
+            )
+        return clip_checkpoint
+    if clip_model.startswith("local-dir:"):
+        has_weights = _has_local_weights(clip_model.removeprefix("local-dir:"))
+        if not has_weights and not allow_random:
+            raise FileNotFoundError(f"aesthetic proxy: no CLIP weights in {clip_model}")
+        return None
+    if clip_pretrained is None and not allow_random:
+        raise ValueError(
+            "aesthetic proxy: clip_pretrained is null, which means random CLIP weights; "
+            "set proxies.aesthetic.allow_random_clip: true if that is meant (tests only)"
+        )
+    return clip_pretrained
+
+
+def _create_clip(clip_model: str, pretrained: str | None, device: str) -> torch.nn.Module:
+    import open_clip  # heavy: imported only when the aesthetic proxy is used
+
+    try:
+        model = open_clip.create_model(clip_model, pretrained=pretrained, device=device)
+    except RuntimeError as error:
+        raise FileNotFoundError(
+            f"aesthetic proxy: could not load open_clip {clip_model!r} with pretrained="
+            f"{pretrained!r} ({error}). Without network access, download the weights elsewhere "
+            "and set proxies.aesthetic.clip_checkpoint to the local file."
+        ) from error
+    return model.eval()
+
+
+@functools.lru_cache(maxsize=4)
+def _load_aesthetic(
+    clip_model: str,
+    clip_pretrained: str | None,
+    clip_checkpoint: str | None,
+    head_path: str | None,
+    allow_random_clip: bool,
+    device: str,
+) -> tuple[torch.nn.Module, torch.nn.Module, dict[str, Any]]:
+    """Load (CLIP model, head, preprocessing config) once per settings and device."""
+    import open_clip
+
+    if not head_path or not Path(head_path).is_file():
+        raise _missing_head_error(head_path)  # fail before the slow CLIP load
+    pretrained = _resolve_clip_weights(
+        clip_model, clip_pretrained, clip_checkpoint, allow_random_clip
+    )
+    clip = _create_clip(clip_model, pretrained, device)
+    head = _load_head(head_path, int(clip.visual.output_dim)).to(device)
+    return clip, head, open_clip.get_model_preprocess_cfg(clip)
+
+
+def clip_preprocess(images: torch.Tensor, preprocess_cfg: dict[str, Any]) -> torch.Tensor:
+    """CLIP preprocessing on tensors: bicubic resize of the short side, centre crop, normalise."""
+    size = preprocess_cfg["size"]
+    height, width = (size, size) if isinstance(size, int) else tuple(size)
+    scale = max(height / images.shape[-2], width / images.shape[-1])
+    resized_hw = (round(images.shape[-2] * scale), round(images.shape[-1] * scale))
+    x = torch.nn.functional.interpolate(
+        images.float(), size=resized_hw, mode="bicubic", align_corners=False, antialias=True
+    ).clamp(0, 1)
+    top, left = (resized_hw[0] - height) // 2, (resized_hw[1] - width) // 2
+    x = x[..., top : top + height, left : left + width]
+    mean = torch.tensor(preprocess_cfg["mean"], device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(preprocess_cfg["std"], device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+@register("aesthetic")
+def aesthetic(
+    images: torch.Tensor,
+    prompts: list[str],
+    head_path: str | None = None,
+    clip_model: str = "ViT-L-14",
+    clip_pretrained: str | None = "openai",
+    clip_checkpoint: str | None = None,
+    allow_random_clip: bool = False,
+    **_: Any,
+) -> np.ndarray:
+    """LAION aesthetic score: MLP head on the L2-normalised CLIP image embedding.
+
+    Options (config ``proxies.aesthetic.*``): ``head_path`` (the file
+    sac+logos+ava1-l14-linearMSE.pth), ``clip_model`` (an open_clip model name, or
+    ``local-dir:DIR`` holding an open_clip_config.json), ``clip_pretrained`` (tag or local file),
+    ``clip_checkpoint`` (local open_clip weights; overrides ``clip_pretrained``),
+    ``allow_random_clip`` (permit random CLIP weights: tests only).
+    """
+    device = str(images.device)
+    clip, head, preprocess_cfg = _load_aesthetic(
+        clip_model, clip_pretrained, clip_checkpoint, head_path, bool(allow_random_clip), device
+    )
+    with torch.no_grad():
+        embedding = clip.encode_image(clip_preprocess(images, preprocess_cfg))  # (B, D)
+        embedding = torch.nn.functional.normalize(embedding.float(), dim=-1)
+        values = head(embedding).squeeze(-1)  # (B,)
+    return values.double().cpu().numpy()
+
+
+# ---------------------------------------------------------------------------------------------
+# Scoring a sample directory
+# ---------------------------------------------------------------------------------------------
+
+
+def read_manifest(samples_dir: Path) -> pd.DataFrame:
+    """Read ``samples_dir/manifest.csv``, checking its columns and that every image exists."""
+    manifest_path = Path(samples_dir) / "manifest.csv"
+    if not manifest_path.is_file():
+        raise FileNotFoundError(f"sample manifest not found: {manifest_path}")
+    manifest = pd.read_csv(manifest_path, dtype={"id": str, "prompt": str, "path": str})
+    missing = [column for column in MANIFEST_COLUMNS if column not in manifest.columns]
+    if missing:
+        raise ValueError(
+            f"{manifest_path}: missing columns {missing}; need {list(MANIFEST_COLUMNS)}"
+        )
+    for row, relative in enumerate(manifest["path"], start=2):  # line 1 is the header
+        if not (Path(samples_dir) / relative).is_file():
+            raise FileNotFoundError(
+                f"{manifest_path} line {row}: image not found: {Path(samples_dir) / relative}"
+            )
+    return manifest
+
+
+def load_images(paths: list[Path]) -> torch.Tensor:
+    """Load RGB images of one size into a float tensor (B, 3, H, W) in [0, 1]."""
+    arrays = [np.asarray(Image.open(path).convert("RGB"), dtype=np.uint8) for path in paths]
+    pixels = torch.from_numpy(np.stack(arrays))  # (B, H, W, 3)
+    return pixels.permute(0, 3, 1, 2).float() / 255
+
+
+def _write_csv_atomically(frame: pd.DataFrame, out_csv: Path) -> None:
+    out_csv = Path(out_csv)
+    out_csv.parent.mkdir(parents=True, exist_ok=True)
+    tmp_path = out_csv.with_name(f".{out_csv.name}.tmp{os.getpid()}")
+    frame.to_csv(tmp_path, index=False)
+    os.replace(tmp_path, out_csv)
+
+
+def score_sample_dir(
+    samples_dir: Path,
+    proxy: str,
+    out_csv: Path,
+    options: dict[str, Any] | None = None,
+    batch_size: int = 64,
+) -> pd.DataFrame:
+    """Score every image of a sample set with one proxy; write and return ``id, proxy, value``."""
+    manifest = read_manifest(Path(samples_dir))
+    values = []
+    for start in range(0, len(manifest), batch_size):
+        batch = manifest.iloc[start : start + batch_size]
+        images = load_images([Path(samples_dir) / path for path in batch["path"]])
+        values.append(score(proxy, images, list(batch["prompt"]), options))
+    scores = pd.DataFrame(
+        {
+            "id": manifest["id"].astype(str),
+            "proxy": proxy,
+            "value": np.concatenate(values) if values else np.zeros(0),
+        }
+    )
+    _write_csv_atomically(scores, Path(out_csv))
+    return scores

@@ -1,0 +1,318 @@
+"""Denoising as a policy: DDIM sampling that records trajectories and step log-probabilities.
+
+D3PO and DDPO see sampling as an MDP (Black et al. 2023, "Training diffusion models with
+reinforcement learning"; Yang et al. 2024, "Using human feedback to fine-tune diffusion models
+without any reward model", sec. 4): the state is (prompt c, timestep t, latent x_t), the action
+is x_{t-1}, and the policy is one stochastic DDIM step (Song et al. 2021, eq. 12) with
+classifier-free guidance, a Gaussian
+
+    pi(x_{t-1} | x_t, c) = N(mu_theta(x_t, t, c), sigma_t^2 I),
+    sigma_t = eta * sqrt((1 - a_{t-1}) / (1 - a_t)) * sqrt(1 - a_t / a_{t-1}),   a = alphas_cumprod.
+
+``ddim_step`` computes mu, sigma and the log-density of a given or fresh x_{t-1}; ``sample``
+runs the chain for a batch and keeps every latent; ``step_log_probs`` recomputes the log-prob
+of recorded steps under the current weights (policy, or reference with the adapter off).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from d3po.config import SamplerSpec
+
+LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
+
+
+@dataclass
+class StepOutput:
+    prev_sample: torch.Tensor  # (B, C, H, W) x_{t-1}
+    log_prob: torch.Tensor  # (B,) log pi(x_{t-1} | x_t)
+    mean: torch.Tensor  # (B, C, H, W) mu_theta(x_t, t, c)
+    std: torch.Tensor  # (B, 1, 1, 1) sigma_t
+
+
+@dataclass
+class Trajectories:
+    """A batch of denoising chains: B images, T steps each."""
+
+    prompts: list[str]  # (B,) the prompt of each image
+    groups: torch.Tensor  # (B,) images with one group share prompt and initial noise x_T
+    seeds: torch.Tensor  # (B,) the seed of each image's group
+    latents: torch.Tensor  # (B, T + 1, C, H, W) x_T, ..., x_0
+    timesteps: torch.Tensor  # (T,) the scheduler timestep of each step
+    log_probs: torch.Tensor  # (B, T) log pi(x_{t-1} | x_t) under the sampling policy
+    prompt_embeds: torch.Tensor  # (B, L, D) text embeddings
+    negative_embeds: torch.Tensor  # (1, L, D) embedding of the empty prompt (guidance)
+    images: torch.Tensor  # (B, 3, H, W) decoded x_0 in [0, 1]
+
+    @property
+    def num_steps(self) -> int:
+        return self.timesteps.shape[0]
+
+
+def gaussian_log_prob(
+    x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, reduction: str = "mean"
+) -> torch.Tensor:
+    """log N(x; mean, std^2 I) per item, reduced over all non-batch dimensions.
+
+    ``reduction='mean'`` averages the per-dimension log-densities (the D3PO/DDPO reference
+    code's choice); ``'sum'`` gives the exact joint log-density. See TrainingSpec.
+    """
+    per_dimension = -((x - mean) ** 2) / (2 * std**2) - torch.log(std) - LOG_SQRT_2PI
+    dims = tuple(range(1, x.ndim))
+    if reduction == "mean":
+        return per_dimension.mean(dim=dims)
+    if reduction == "sum":
+        return per_dimension.sum(dim=dims)
+    raise ValueError(f"log_prob_reduction: expected 'mean' or 'sum', got '{reduction}'")
+
+
+def _broadcast(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return values.reshape(-1, *([1] * (like.ndim - 1))).to(like.dtype)
+
+
+def ddim_step(
+    scheduler,
+    model_output: torch.Tensor,
+    timestep: torch.Tensor,
+    sample: torch.Tensor,
+    eta: float,
+    prev_sample: torch.Tensor | None = None,
+    generator: list[torch.Generator] | None = None,
+    reduction: str = "mean",
+) -> StepOutput:
+    """One stochastic DDIM step x_t -> x_{t-1}, with its Gaussian log-probability.
+
+    Matches ``DDIMScheduler.step`` (same eta, ``use_clipped_model_output=False``) but takes a
+    timestep per item, so steps from different times can share one batch. With
+    ``prev_sample`` given it only scores that action. All arithmetic in float32.
+    """
+    config = scheduler.config
+    timestep = timestep.to(sample.device)
+    model_output, sample = model_output.float(), sample.float()
+    step_ratio = config.num_train_timesteps // scheduler.num_inference_steps
+    alphas_cumprod = scheduler.alphas_cumprod.to(sample.device)
+    prev_timestep = timestep - step_ratio
+    # 1. alpha_prod_t and alpha_prod_t_prev (eq. 12's alpha_t, alpha_{t-1})
+    alpha_prod_t = _broadcast(alphas_cumprod[timestep], sample)
+    alpha_prod_t_prev = _broadcast(
+        torch.where(
+            prev_timestep >= 0,
+            alphas_cumprod[prev_timestep.clamp(min=0)],
+            torch.as_tensor(float(scheduler.final_alpha_cumprod), device=sample.device),
+        ),
+        sample,
+    )
+    beta_prod_t = 1 - alpha_prod_t
+    # 2. predicted x_0 and predicted noise
+    if config.prediction_type == "epsilon":
+        pred_original_sample = (sample - beta_prod_t.sqrt() * model_output) / alpha_prod_t.sqrt()
+        pred_epsilon = model_output
+    elif config.prediction_type == "v_prediction":
+        pred_original_sample = alpha_prod_t.sqrt() * sample - beta_prod_t.sqrt() * model_output
+        pred_epsilon = alpha_prod_t.sqrt() * model_output + beta_prod_t.sqrt() * sample
+    else:
+        raise ValueError(f"unsupported scheduler prediction_type '{config.prediction_type}'")
+    if config.thresholding:
+        raise ValueError("dynamic thresholding is not supported by the D3PO sampler")
+    if config.clip_sample:
+        limit = config.clip_sample_range
+        pred_original_sample = pred_original_sample.clamp(-limit, limit)
+    # 3. sigma_t (eq. 16) and the mean of x_{t-1} (eq. 12)
+    variance = (1 - alpha_prod_t_prev) / beta_prod_t * (1 - alpha_prod_t / alpha_prod_t_prev)
+    std = eta * variance.sqrt()
+    direction = (1 - alpha_prod_t_prev - std**2).sqrt() * pred_epsilon
+    mean = alpha_prod_t_prev.sqrt() * pred_original_sample + direction
+    # 4. the action and its log-probability
+    if prev_sample is None:
+        prev_sample = mean + std * _noise_like(mean, generator)
+    prev_sample = prev_sample.float()
+    log_prob = gaussian_log_prob(prev_sample.detach(), mean, std, reduction)
+    return StepOutput(prev_sample, log_prob, mean, std)
+
+
+def _noise_like(x: torch.Tensor, generators: list[torch.Generator] | None) -> torch.Tensor:
+    """Standard normal noise, drawn on the CPU per item so results do not depend on the device."""
+    if generators is None:
+        return torch.randn_like(x)
+    noise = [torch.randn(x.shape[1:], generator=g) for g in generators]
+    return torch.stack(noise).to(x.device, x.dtype)
+
+
+def guided_noise_prediction(
+    unet,
+    latents: torch.Tensor,
+    timesteps: torch.Tensor,
+    prompt_embeds: torch.Tensor,
+    negative_embeds: torch.Tensor,
+    guidance_scale: float,
+) -> torch.Tensor:
+    """eps_uncond + w (eps_cond - eps_uncond), in one UNet call of 2B items."""
+    batch = latents.shape[0]
+    if guidance_scale == 1.0:
+        return unet(latents, timesteps, prompt_embeds).sample
+    dtype = next(unet.parameters()).dtype
+    model_input = torch.cat([latents, latents]).to(dtype)
+    embeds = torch.cat([negative_embeds.expand(batch, -1, -1), prompt_embeds]).to(dtype)
+    noise_uncond, noise_cond = unet(
+        model_input, torch.cat([timesteps, timesteps]), embeds
+    ).sample.chunk(2)
+    return noise_uncond + guidance_scale * (noise_cond - noise_uncond)
+
+
+@torch.no_grad()
+def encode_prompts(pipe, prompts: list[str]) -> torch.Tensor:
+    """(B, L, D) CLIP text embeddings, padded to the tokenizer's max length."""
+    tokens = pipe.tokenizer(
+        prompts,
+        padding="max_length",
+        max_length=pipe.tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    )
+    return pipe.text_encoder(tokens.input_ids.to(pipe.text_encoder.device))[0]
+
+
+def latent_shape(pipe) -> tuple[int, int, int]:
+    config = pipe.unet.config
+    return (config.in_channels, config.sample_size, config.sample_size)
+
+
+@torch.no_grad()
+def decode(pipe, latents: torch.Tensor) -> torch.Tensor:
+    """x_0 -> images (B, 3, H, W) in [0, 1]; pixel-space models have no VAE."""
+    if pipe.vae is not None:
+        scaled = latents.to(pipe.vae.dtype) / pipe.vae.config.scaling_factor
+        latents = pipe.vae.decode(scaled).sample
+    return (latents.float() / 2 + 0.5).clamp(0, 1)
+
+
+@torch.no_grad()
+def sample(
+    pipe,
+    prompts: list[str],
+    images_per_prompt: int,
+    seeds: list[int],
+    spec: SamplerSpec,
+    reduction: str = "mean",
+    progress: bool = False,
+) -> Trajectories:
+    """K images per prompt, each group of K from one initial noise x_T, then diverging.
+
+    Everything is a function of the seeds: x_T of a group comes from ``seeds[i]``, the step
+    noise of image k of that group from its own generator, so a group's images do not depend
+    on the batch they were sampled in.
+    """
+    if len(seeds) != len(prompts):
+        raise ValueError(f"got {len(prompts)} prompts but {len(seeds)} seeds")
+    if spec.eta <= 0:
+        raise ValueError("sampler.eta must be > 0: with eta = 0 a DDIM step has no log-prob")
+    device = pipe.unet.device
+    k = images_per_prompt
+    groups = torch.arange(len(prompts)).repeat_interleave(k)  # (B,)
+    image_prompts = [prompts[g] for g in groups.tolist()]
+    image_seeds = torch.tensor(seeds).repeat_interleave(k)
+    initial = torch.stack([_initial_noise(pipe, s) for s in seeds]).repeat_interleave(k, dim=0)
+    generators = [
+        torch.Generator().manual_seed(_step_seed(int(s), i % k)) for i, s in enumerate(image_seeds)
+    ]
+    prompt_embeds = encode_prompts(pipe, image_prompts)
+    negative_embeds = encode_prompts(pipe, [""])
+    pipe.scheduler.set_timesteps(spec.num_steps, device=device)
+    timesteps = pipe.scheduler.timesteps.clone()
+
+    latents = [initial.to(device)]
+    log_probs = []
+    for t in tqdm(timesteps, desc="sampling", disable=not progress, leave=False):
+        step = _batched_step(
+            pipe, latents[-1], t, prompt_embeds, negative_embeds, spec, generators, reduction
+        )
+        latents.append(step.prev_sample)
+        log_probs.append(step.log_prob)
+    return Trajectories(
+        prompts=image_prompts,
+        groups=groups,
+        seeds=image_seeds,
+        latents=torch.stack(latents, dim=1),  # (B, T + 1, C, H, W)
+        timesteps=timesteps,
+        log_probs=torch.stack(log_probs, dim=1),  # (B, T)
+        prompt_embeds=prompt_embeds,
+        negative_embeds=negative_embeds,
+        images=decode(pipe, latents[-1]),
+    )
+
+
+def _batched_step(pipe, latents, t, prompt_embeds, negative_embeds, spec, generators, reduction):
+    """One DDIM step for all images, in UNet calls of ``spec.batch_size`` images."""
+    outputs = []
+    for start in range(0, latents.shape[0], spec.batch_size):
+        chunk = slice(start, start + spec.batch_size)
+        x = latents[chunk]
+        timestep = t.repeat(x.shape[0])
+        noise_pred = guided_noise_prediction(
+            pipe.unet, x, timestep, prompt_embeds[chunk], negative_embeds, spec.guidance_scale
+        )
+        outputs.append(
+            ddim_step(
+                pipe.scheduler,
+                noise_pred,
+                timestep,
+                x,
+                spec.eta,
+                generator=generators[chunk],
+                reduction=reduction,
+            )
+        )
+    return StepOutput(
+        *(
+            torch.cat([getattr(o, f) for o in outputs])
+            for f in ("prev_sample", "log_prob", "mean", "std")
+        )
+    )
+
+
+def _initial_noise(pipe, seed: int) -> torch.Tensor:
+    return torch.randn(latent_shape(pipe), generator=torch.Generator().manual_seed(seed))
+
+
+def _step_seed(group_seed: int, image_index: int) -> int:
+    """A distinct, stable seed for the step noise of image k of a group."""
+    return (group_seed * 1_000_003 + image_index + 1) % (2**63)
+
+
+def step_log_probs(
+    unet,
+    scheduler,
+    trajectories: Trajectories,
+    sample_index: torch.Tensor,
+    step_index: torch.Tensor,
+    spec: SamplerSpec,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """log pi(x_{t-1} | x_t) of recorded steps under ``unet`` as it is now, batched.
+
+    ``sample_index`` and ``step_index`` are (N,) and pick N (image, step) items anywhere in the
+    batch. Gradients flow when enabled: this is the training forward pass. Call it inside
+    ``models.reference_policy(unet)`` and ``torch.no_grad()`` for the reference model.
+    """
+    latents = trajectories.latents
+    device = latents.device
+    sample_index, step_index = sample_index.to(device), step_index.to(device)
+    x_t = latents[sample_index, step_index]  # (N, C, H, W)
+    x_prev = latents[sample_index, step_index + 1]  # (N, C, H, W)
+    timestep = trajectories.timesteps.to(device)[step_index]  # (N,)
+    noise_pred = guided_noise_prediction(
+        unet,
+        x_t,
+        timestep,
+        trajectories.prompt_embeds[sample_index],
+        trajectories.negative_embeds,
+        spec.guidance_scale,
+    )
+    return ddim_step(
+        scheduler, noise_pred, timestep, x_t, spec.eta, prev_sample=x_prev, reduction=reduction
+    ).log_prob

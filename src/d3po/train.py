@@ -1,0 +1,278 @@
+"""The online training loop that D3PO and DDPO share.
+
+Each epoch: (1) sample K images per prompt with the current policy, recording trajectories;
+(2) score them with the proxy objectives; (3) the method turns trajectories and scores into
+(unit, timestep) items (D3PO: preference pairs with reference log-probs, DDPO: advantages);
+(4) optimizer steps over whole units, in micro-batches of items; (5) a metrics row, and every
+``checkpoint_every`` epochs an adapter checkpoint and the resume state.
+
+Everything random in an epoch is drawn from (seed, epoch), so a run resumed from its state
+folder continues exactly as the uninterrupted run would have.
+
+Outputs: ``run_dir/metrics.csv`` and ``run_dir/checkpoints/epoch_NNNN/`` are written when the
+run completes. While it runs, everything lives in ``state_dir`` (not a workflow output, so a
+preempted job's rerun finds it): ``checkpoints/``, ``metrics.csv``, and ``latest/`` holding the
+adapter, optimizer, method state and counters, replaced atomically (write, then rename).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from d3po import rewards
+from d3po.config import TrainSettings
+from d3po.methods import Items, make_method
+from d3po.models import add_lora, load_lora_state, load_pipeline, reference_policy, save_lora
+from d3po.sampling import Trajectories, sample, step_log_probs
+
+
+class Trainer:
+    """One training run: a pipeline with a LoRA adapter, an optimizer and a method."""
+
+    def __init__(self, settings: TrainSettings, device: torch.device | str = "cpu") -> None:
+        self.settings = settings
+        self.training = settings.training
+        self.pipe = load_pipeline(settings.model, device)
+        if settings.training.gradient_checkpointing:
+            self.pipe.unet.enable_gradient_checkpointing()
+        torch.manual_seed(settings.seed)  # the LoRA initialisation
+        self.parameters = add_lora(self.pipe.unet, settings.lora)
+        self.optimizer = torch.optim.AdamW(
+            self.parameters,
+            lr=self.training.learning_rate,
+            weight_decay=self.training.weight_decay,
+        )
+        self.method = make_method(settings)
+        self.epoch = 0
+        self.metrics: list[dict] = []
+
+    # ------------------------------------------------------------------ one epoch
+
+    def run_epoch(self) -> dict:
+        """Sample, judge and update once; return the epoch's metrics row."""
+        self.epoch += 1
+        start = time.perf_counter()
+        prompts, seeds = self.epoch_prompts(self.epoch)
+        self.pipe.unet.eval()
+        trajectories = sample(
+            self.pipe,
+            prompts,
+            self.training.images_per_prompt,
+            seeds,
+            self.settings.sampler,
+            reduction=self.training.log_prob_reduction,
+        )
+        scores = self.score(trajectories)  # (B, objectives)
+        generator = torch.Generator().manual_seed(_derive_seed(self.settings.seed, self.epoch, 1))
+        items = self.method.prepare(
+            trajectories, scores, self.reference_log_prob(trajectories), generator
+        )
+        self.pipe.unet.train()
+        update = self.update(items, trajectories, generator)
+        row = {
+            "epoch": self.epoch,
+            "samples_seen": self.epoch * len(trajectories.prompts),
+            "reward_mean": float(scores[:, 0].mean()),
+            "reward_std": float(scores[:, 0].std()),
+            "units": items.num_units,
+            **update,
+            "seconds": time.perf_counter() - start,
+        }
+        self.metrics.append(row)
+        return row
+
+    def epoch_prompts(self, epoch: int) -> tuple[list[str], list[int]]:
+        """This epoch's prompts (drawn with replacement) and one noise seed per prompt."""
+        rng = np.random.default_rng([self.settings.seed, epoch])
+        count = self.training.prompts_per_epoch
+        prompts = [str(p) for p in rng.choice(self.settings.prompts, size=count)]
+        seeds = [int(s) for s in rng.integers(0, 2**31 - 1, size=count)]
+        return prompts, seeds
+
+    def score(self, trajectories: Trajectories) -> np.ndarray:
+        columns = [
+            rewards.score(
+                name,
+                trajectories.images,
+                trajectories.prompts,
+                self.settings.proxy_options.get(name),
+            )
+            for name in self.settings.objectives
+        ]
+        return np.stack(columns, axis=1)
+
+    def log_prob_fn(self, trajectories: Trajectories):
+        sampler, reduction = self.settings.sampler, self.training.log_prob_reduction
+
+        def log_prob(sample_index: torch.Tensor, step_index: torch.Tensor) -> torch.Tensor:
+            return step_log_probs(
+                self.pipe.unet,
+                self.pipe.scheduler,
+                trajectories,
+                sample_index,
+                step_index,
+                sampler,
+                reduction,
+            )
+
+        return log_prob
+
+    def reference_log_prob(self, trajectories: Trajectories):
+        """log pi_ref of recorded steps: the adapter off, no gradients, micro-batched."""
+        policy = self.log_prob_fn(trajectories)
+        size = self.training.micro_batch_size
+
+        @torch.no_grad()
+        def log_prob(sample_index: torch.Tensor, step_index: torch.Tensor) -> torch.Tensor:
+            with reference_policy(self.pipe.unet):
+                chunks = [
+                    policy(sample_index[i : i + size], step_index[i : i + size])
+                    for i in range(0, len(sample_index), size)
+                ]
+            return torch.cat(chunks) if chunks else torch.zeros(0)
+
+        return log_prob
+
+    def update(
+        self, items: Items, trajectories: Trajectories, generator: torch.Generator
+    ) -> dict[str, float]:
+        """Optimizer steps over shuffled units; each step averages its items' losses."""
+        policy = self.log_prob_fn(trajectories)
+        totals: dict[str, float] = {}
+        order = torch.randperm(items.num_units, generator=generator)
+        for first in range(0, items.num_units, self.training.batch_size):
+            step_items = items.of_units(order[first : first + self.training.batch_size])
+            self.optimizer.zero_grad(set_to_none=True)
+            for start in range(0, len(step_items), self.training.micro_batch_size):
+                micro = step_items.select(
+                    torch.arange(start, min(start + self.training.micro_batch_size, len(step_items)))
+                )
+                loss, diagnostics = self.method.loss(micro, policy)
+                (loss.sum() / len(step_items)).backward()
+                _accumulate(totals, {"loss": loss.detach().mean(), **diagnostics}, len(micro))
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.parameters, self.training.max_grad_norm)
+            _accumulate(totals, {"grad_norm": grad_norm}, 1)
+            self.optimizer.step()
+        return _averages(totals)
+
+    # ------------------------------------------------------------------ state
+
+    def state_dict(self) -> dict:
+        return {
+            "epoch": self.epoch,
+            "optimizer": self.optimizer.state_dict(),
+            "method": self.method.state_dict() if hasattr(self.method, "state_dict") else {},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch = state["epoch"]
+        self.optimizer.load_state_dict(state["optimizer"])
+        if hasattr(self.method, "load_state_dict"):
+            self.method.load_state_dict(state["method"])
+
+
+def _derive_seed(*parts: int) -> int:
+    return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
+
+
+def _accumulate(totals: dict[str, float], values: dict, weight: int) -> None:
+    for key, value in values.items():
+        totals[key] = totals.get(key, 0.0) + float(value) * weight
+        totals[f"_n_{key}"] = totals.get(f"_n_{key}", 0.0) + weight
+
+
+def _averages(totals: dict[str, float]) -> dict[str, float]:
+    return {k: v / totals[f"_n_{k}"] for k, v in totals.items() if not k.startswith("_n_")}
+
+
+# ---------------------------------------------------------------------- the run on disk
+
+
+def train(settings: TrainSettings, run_dir: Path, state_dir: Path, device: str | None = None):
+    """Train to the last epoch, resuming from ``state_dir`` when it holds a saved state."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    trainer = Trainer(settings, device)
+    resume(trainer, state_dir)
+    epochs = settings.training.epochs
+    with tqdm(total=epochs, initial=trainer.epoch, desc=f"train {settings.method}") as bar:
+        while trainer.epoch < epochs:
+            row = trainer.run_epoch()
+            bar.update(1)
+            bar.set_postfix(loss=f"{row.get('loss', float('nan')):.4f}", reward=row["reward_mean"])
+            if trainer.epoch % settings.training.checkpoint_every == 0 or trainer.epoch == epochs:
+                save_state(trainer, state_dir)
+    publish(state_dir, Path(run_dir))
+    return trainer
+
+
+def settings_fingerprint(settings: TrainSettings) -> str:
+    return json.dumps(asdict(settings), sort_keys=True, default=str)
+
+
+def save_state(trainer: Trainer, state_dir: Path) -> None:
+    """Checkpoint the adapter and atomically replace ``state_dir/latest``."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint = state_dir / "checkpoints" / f"epoch_{trainer.epoch:04d}"
+    save_lora(trainer.pipe.unet, checkpoint)
+    pd.DataFrame(trainer.metrics).to_csv(checkpoint / "metrics.csv", index=False)
+
+    staging = state_dir / f".latest-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(checkpoint, staging)
+    torch.save(trainer.state_dict(), staging / "trainer.pt")
+    (staging / "settings.json").write_text(settings_fingerprint(trainer.settings))
+    previous = state_dir / "latest.old"
+    shutil.rmtree(previous, ignore_errors=True)
+    latest = state_dir / "latest"
+    if latest.exists():
+        latest.rename(previous)
+    staging.rename(latest)
+    shutil.rmtree(previous, ignore_errors=True)
+
+
+def resume(trainer: Trainer, state_dir: Path) -> None:
+    """Load ``state_dir/latest`` (or the copy kept while it was being replaced), if any."""
+    for candidate in (state_dir / "latest", state_dir / "latest.old"):
+        if (candidate / "trainer.pt").exists():
+            break
+    else:
+        return
+    saved = (candidate / "settings.json").read_text()
+    if saved != settings_fingerprint(trainer.settings):
+        raise RuntimeError(
+            f"{candidate} was written by a run with other settings; it is left as it is. "
+            "Delete that state folder to start afresh, or restore the settings it was made with."
+        )
+    try:
+        state = torch.load(candidate / "trainer.pt", weights_only=False)
+        load_lora_state(trainer.pipe.unet, candidate)
+        trainer.metrics = pd.read_csv(candidate / "metrics.csv").to_dict("records")
+    except Exception as error:  # a corrupt state is reported, never overwritten silently
+        raise RuntimeError(
+            f"cannot read the training state in {candidate}: {error}. It is left as it is: "
+            "move it away to start afresh."
+        ) from error
+    trainer.load_state_dict(state)
+    print(f"resumed from {candidate} at epoch {trainer.epoch}", flush=True)
+
+
+def publish(state_dir: Path, run_dir: Path) -> None:
+    """Copy the finished run's checkpoints and metrics to the workflow outputs."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    checkpoints = sorted((state_dir / "checkpoints").glob("epoch_*"))
+    target = run_dir / "checkpoints"
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir()
+    for checkpoint in checkpoints:
+        shutil.copytree(checkpoint, target / checkpoint.name)
+    shutil.copy(checkpoints[-1] / "metrics.csv", run_dir / "metrics.csv")

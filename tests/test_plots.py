@@ -1,0 +1,116 @@
+"""Tests for d3po.plots on small synthetic tables: files are written and the numbers are right."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from d3po import plots
+
+
+def _write_scores(path: Path, values: dict[str, list[float]]) -> Path:
+    rows = [
+        {"id": f"s{i}", "proxy": proxy, "value": value}
+        for proxy, proxy_values in values.items()
+        for i, value in enumerate(proxy_values)
+    ]
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+def test_collect_evaluation_means_over_images(tmp_path: Path) -> None:
+    first = _write_scores(tmp_path / "a.csv", {"jpeg": [1.0, 2.0, 6.0], "aes": [5.0, 5.0, 5.0]})
+    second = _write_scores(tmp_path / "b.csv", {"jpeg": [4.0, 8.0]})
+    runs = [
+        {"experiment": "jpeg", "method": "base", "seed": 0, "epoch": 0, "samples_seen": 0},
+        {"experiment": "jpeg", "method": "d3po", "seed": 1, "epoch": 5, "samples_seen": 80},
+    ]
+    out_csv = tmp_path / "out" / "evaluation.csv"
+    plots.collect_evaluation([first, second], runs, out_csv)
+    table = pd.read_csv(out_csv)
+    assert list(table.columns) == plots.EVALUATION_COLUMNS
+    row = table[(table["method"] == "base") & (table["proxy"] == "jpeg")].iloc[0]
+    assert row["mean"] == pytest.approx(3.0)
+    assert row["std"] == pytest.approx(np.std([1.0, 2.0, 6.0]))
+    assert row["n"] == 3
+    row = table[table["method"] == "d3po"].iloc[0]
+    assert (row["mean"], row["n"], row["samples_seen"]) == (pytest.approx(6.0), 2, 80)
+    assert len(table) == 3
+
+
+def _evaluation_table() -> pd.DataFrame:
+    """Experiment 'jpeg' (objective proxy jpeg, also reports aes): base + two methods x 2 seeds."""
+    rows = []
+    for proxy, base in (("jpeg", 10.0), ("aes", 5.0)):
+        for seed in (0, 1):
+            rows.append(("jpeg", "base", seed, 0, 0, proxy, base + seed, 0.5, 4))
+            for epoch in (1, 2):
+                for method, gain in (("d3po", 3.0), ("ddpo", 1.0)):
+                    value = base + seed + gain * epoch
+                    rows.append(("jpeg", method, seed, epoch, 16 * epoch, proxy, value, 0.5, 4))
+    return pd.DataFrame(rows, columns=plots.EVALUATION_COLUMNS)
+
+
+def _assert_png(path: Path) -> None:
+    assert path.is_file() and path.stat().st_size > 1000
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+
+
+def test_plot_curves_writes_png(tmp_path: Path) -> None:
+    evaluation = tmp_path / "evaluation.csv"
+    _evaluation_table().to_csv(evaluation, index=False)
+    metrics = tmp_path / "metrics.csv"
+    pd.DataFrame({"epoch": [1, 2], "samples_seen": [16, 32], "reward_mean": [0.1, 0.3]}).to_csv(
+        metrics, index=False
+    )
+    plots.plot_curves(evaluation, tmp_path / "curves.png", {"d3po seed 0": metrics})
+    _assert_png(tmp_path / "curves.png")
+
+
+def _write_sample_dir(path: Path, prompts: list[str], colour: tuple[int, int, int]) -> Path:
+    path.mkdir()
+    rows = []
+    for index, prompt in enumerate(prompts):
+        Image.new("RGB", (16, 16), colour).save(path / f"{index}.png")
+        rows.append(
+            {"id": f"i{index}", "prompt": prompt, "group": index, "seed": 0, "path": f"{index}.png"}
+        )
+    pd.DataFrame(rows).to_csv(path / "manifest.csv", index=False)
+    return path
+
+
+def test_sample_grid_writes_png_and_upscales(tmp_path: Path) -> None:
+    prompts = ["cat", "cat", "dog", "owl"]
+    before = _write_sample_dir(tmp_path / "base", prompts, (255, 0, 0))
+    after = _write_sample_dir(tmp_path / "d3po", prompts[:3], (0, 0, 255))
+    plots.sample_grid(before, {"d3po": after}, tmp_path / "grid.png", max_prompts=2)
+    _assert_png(tmp_path / "grid.png")
+    upscaled = plots._upscaled(before / "0.png")
+    assert upscaled.shape == (128, 128, 3) and (upscaled == [255, 0, 0]).all()
+
+
+def test_results_table_start_end_over_seeds(tmp_path: Path) -> None:
+    evaluation = tmp_path / "evaluation.csv"
+    _evaluation_table().to_csv(evaluation, index=False)
+    paper = {"jpeg": {"d3po": 285.0}}
+    summary = plots.results_table([evaluation], tmp_path / "r.csv", tmp_path / "r.md", paper)
+    written = pd.read_csv(tmp_path / "r.csv")
+    assert len(written) == len(summary) == 4  # 2 methods x 2 proxies
+    row = written[(written["method"] == "d3po") & (written["proxy"] == "jpeg")].iloc[0]
+    # base: seeds 10, 11 -> 10.5 +- 0.5; d3po at its last epoch (2): 16, 17 -> 16.5 +- 0.5
+    assert row["start_mean"] == pytest.approx(10.5) and row["start_std"] == pytest.approx(0.5)
+    assert row["end_mean"] == pytest.approx(16.5) and row["end_std"] == pytest.approx(0.5)
+    assert row["objective"] and row["seeds"] == 2 and row["paper"] == 285.0
+    row = written[(written["method"] == "ddpo") & (written["proxy"] == "aes")].iloc[0]
+    assert row["end_mean"] == pytest.approx(7.5) and not row["objective"]
+    assert np.isnan(row["paper"])
+    first_rows = written.groupby("method").head(1)
+    assert set(first_rows["proxy"]) == {"jpeg"}  # the objective comes first
+    markdown = (tmp_path / "r.md").read_text()
+    assert markdown.startswith("| objective | method | proxy |")
+    assert "| jpeg | d3po | **jpeg** | 10.5 ± 0.5 | 16.5 ± 0.5 | 2 | 285 |" in markdown
