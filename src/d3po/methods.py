@@ -41,6 +41,9 @@ class Items:
     def select(self, index: torch.Tensor) -> Items:
         return Items({k: v[index] for k, v in self.tensors.items()}, self.num_units)
 
+    def slice(self, start: int, stop: int) -> Items:
+        return Items({k: v[start:stop] for k, v in self.tensors.items()}, self.num_units)
+
     def of_units(self, units: torch.Tensor) -> Items:
         return self.select(torch.isin(self.tensors["unit"], units).nonzero().squeeze(1))
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,14 +34,17 @@ LORA_TARGET_MODULES = ["to_q", "to_k", "to_v", "to_out.0"]
 TOY_MODEL_DIR = Path(__file__).parent / "assets" / "toy"
 
 #: Words the embedded tokenizer knows as single tokens; any other word is spelled by characters.
-TINY_VOCABULARY = (
-    "a an the of and with on in photo picture "
-    "red green blue yellow orange purple white black pink brown gray "
-    "circle square triangle star cross ring "
-    "cat dog horse monkey rabbit zebra spider bird sheep deer cow goat lion tiger bear raccoon "
-    "fox wolf lizard beetle ant butterfly fish shark whale dolphin squirrel mouse rat snake "
-    "turtle frog chicken duck goose bee pig turkey fly llama camel bat gorilla hedgehog kangaroo"
-).split()
+TINY_VOCABULARY = tuple(
+    (
+        "a an the of and with on in photo picture "
+        "red green blue yellow orange purple white black pink brown gray "
+        "circle square triangle star cross ring "
+        "cat dog horse monkey rabbit zebra spider bird sheep deer cow goat lion tiger bear "
+        "raccoon fox wolf lizard beetle ant butterfly fish shark whale dolphin squirrel mouse "
+        "rat snake turtle frog chicken duck goose bee pig turkey fly llama camel bat gorilla "
+        "hedgehog kangaroo"
+    ).split()
+)
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,9 @@ def load_pipeline(spec: ModelSpec, device: torch.device | str = "cpu"):
     """Load the pipeline named by ``spec``, frozen (no gradients), on ``device``."""
     from diffusers import DDIMScheduler
 
+    # Pixel-space models clip the predicted x_0 to [-1, 1] on purpose; diffusers' pipeline
+    # warns about clip_sample=True as if it were a latent model's misconfiguration.
+    warnings.filterwarnings("ignore", message=".*clip_sample.*", category=FutureWarning)
     if spec.source == "tiny-random":
         pipe = build_tiny_pipeline(seed=spec.seed)
     elif spec.source == "toy":
@@ -107,7 +114,8 @@ def torch_dtype(name: str) -> torch.dtype:
 
 
 def _looks_like_path(source: str) -> bool:
-    return source.startswith((".", "/", "~")) or os.sep in source.strip("/").replace("/", os.sep, 1)
+    """A hub id is 'name' or 'owner/name'; anything else with a slash is a folder."""
+    return source.startswith((".", "/", "~")) or source.count("/") > 1
 
 
 def _load_diffusers_folder(folder: Path, spec: ModelSpec, rebuild_hint: str | None = None):
@@ -123,9 +131,11 @@ def _load_diffusers_folder(folder: Path, spec: ModelSpec, rebuild_hint: str | No
         return StableDiffusionPipeline.from_pretrained(
             folder, local_files_only=True, **_absent_components(folder)
         )
-    except (OSError, ValueError, EnvironmentError) as error:
+    except (OSError, ValueError) as error:
         hint = f" Rebuild it with `{rebuild_hint}`." if rebuild_hint else ""
-        raise ModelNotFoundError(f"could not load the model in '{folder}': {error}.{hint}") from error
+        raise ModelNotFoundError(
+            f"could not load the model in '{folder}': {error}.{hint}"
+        ) from error
 
 
 def _absent_components(folder: Path | None = None) -> dict:
@@ -285,7 +295,7 @@ def reference_policy(unet) -> Iterator[None]:
 
 
 def save_lora(unet, folder: Path) -> Path:
-    """Save the UNet adapter in the diffusers format; ``pipe.load_lora_weights(folder)`` reads it."""
+    """Save the UNet adapter in diffusers' format, which ``pipe.load_lora_weights`` reads."""
     from diffusers import StableDiffusionPipeline
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
@@ -317,4 +327,6 @@ def load_lora_state(unet, folder: Path) -> None:
     state = convert_unet_state_dict_to_peft({k.removeprefix("unet."): v for k, v in state.items()})
     result = set_peft_model_state_dict(unet, state)
     if result.unexpected_keys:
-        raise ValueError(f"{folder}: adapter keys do not match the model: {result.unexpected_keys[:3]}")
+        raise ValueError(
+            f"{folder}: adapter keys do not match the model: {result.unexpected_keys[:3]}"
+        )

@@ -155,7 +155,9 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             for start in range(0, len(step_items), self.training.micro_batch_size):
                 micro = step_items.select(
-                    torch.arange(start, min(start + self.training.micro_batch_size, len(step_items)))
+                    torch.arange(
+                        start, min(start + self.training.micro_batch_size, len(step_items))
+                    )
                 )
                 loss, diagnostics = self.method.loss(micro, policy)
                 (loss.sum() / len(step_items)).backward()
@@ -216,7 +218,10 @@ def train(settings: TrainSettings, run_dir: Path, state_dir: Path, device: str |
 
 
 def settings_fingerprint(settings: TrainSettings) -> str:
-    return json.dumps(asdict(settings), sort_keys=True, default=str)
+    """The settings a saved state must match to be resumed; more epochs may be asked for."""
+    fields = asdict(settings)
+    del fields["training"]["epochs"]
+    return json.dumps(fields, sort_keys=True, default=str)
 
 
 def save_state(trainer: Trainer, state_dir: Path) -> None:

@@ -1,0 +1,128 @@
+"""Model loading and LoRA: the reference is the adapter switched off; checkpoints load back."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from d3po.models import (
+    LoraSpec,
+    ModelNotFoundError,
+    ModelSpec,
+    add_lora,
+    build_tokenizer,
+    load_lora,
+    load_lora_state,
+    load_pipeline,
+    reference_policy,
+    save_lora,
+)
+from d3po.sampling import sample
+
+
+def unet_inputs(pipe):
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 16, 16, generator=generator)
+    tokens = pipe.tokenizer(["a red circle", "a cat"], padding="max_length", return_tensors="pt")
+    return x, torch.tensor([999, 10]), pipe.text_encoder(tokens.input_ids)[0]
+
+
+def perturb(parameters, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    for parameter in parameters:
+        parameter.data = 0.05 * torch.randn(parameter.shape, generator=generator)
+
+
+@torch.no_grad()
+def test_adapter_off_reproduces_the_base_model_exactly(fresh_pipe):
+    x, t, embeds = unet_inputs(fresh_pipe)
+    base = fresh_pipe.unet(x, t, embeds).sample
+    perturb(add_lora(fresh_pipe.unet, LoraSpec(rank=4, alpha=4)))
+    adapted = fresh_pipe.unet(x, t, embeds).sample
+    with reference_policy(fresh_pipe.unet):
+        reference = fresh_pipe.unet(x, t, embeds).sample
+    assert not torch.allclose(adapted, base)
+    assert torch.equal(reference, base)
+    torch.testing.assert_close(fresh_pipe.unet(x, t, embeds).sample, adapted)  # restored
+
+
+def test_adapter_is_the_only_trainable_part(fresh_pipe):
+    parameters = add_lora(fresh_pipe.unet, LoraSpec(rank=2, alpha=2))
+    names = [n for n, p in fresh_pipe.unet.named_parameters() if p.requires_grad]
+    assert names and all("lora" in n for n in names)
+    assert len(parameters) == len(names)
+    assert not any(p.requires_grad for p in fresh_pipe.text_encoder.parameters())
+
+
+def test_saved_adapter_loads_with_diffusers_and_gives_identical_samples(
+    fresh_pipe, sampler, tmp_path
+):
+    perturb(add_lora(fresh_pipe.unet, LoraSpec()))
+    expected = sample(fresh_pipe, ["a red circle", "a blue square"], 2, [5, 6], sampler)
+    weights = save_lora(fresh_pipe.unet, tmp_path / "adapter")
+    assert weights.exists()
+
+    reloaded = load_pipeline(ModelSpec(source="tiny-random", seed=0))
+    load_lora(reloaded, tmp_path / "adapter")  # diffusers' pipe.load_lora_weights
+    again = sample(reloaded, ["a red circle", "a blue square"], 2, [5, 6], sampler)
+    torch.testing.assert_close(again.images, expected.images)
+    torch.testing.assert_close(again.log_probs, expected.log_probs)
+
+
+def test_adapter_state_loads_back_into_a_trainable_adapter(fresh_pipe, tmp_path):
+    perturb(add_lora(fresh_pipe.unet, LoraSpec()), seed=3)
+    save_lora(fresh_pipe.unet, tmp_path)
+    other = load_pipeline(ModelSpec(source="tiny-random", seed=0))
+    add_lora(other.unet, LoraSpec())
+    load_lora_state(other.unet, tmp_path)
+    expected = {n: p for n, p in fresh_pipe.unet.named_parameters() if "lora" in n}
+    for name, parameter in other.unet.named_parameters():
+        if "lora" in name:
+            torch.testing.assert_close(parameter, expected[name])
+
+
+def test_local_folder_round_trip(tiny_pipe, tmp_path):
+    tiny_pipe.save_pretrained(tmp_path / "model")
+    loaded = load_pipeline(ModelSpec(source=str(tmp_path / "model")))
+    assert loaded.vae is None
+    x, t, embeds = unet_inputs(tiny_pipe)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            loaded.unet(x, t, embeds).sample, tiny_pipe.unet(x, t, embeds).sample
+        )
+
+
+def test_tiny_random_is_deterministic_from_its_seed(tiny_pipe):
+    again = load_pipeline(ModelSpec(source="tiny-random", seed=0))
+    other = load_pipeline(ModelSpec(source="tiny-random", seed=1))
+    first = next(tiny_pipe.unet.parameters())
+    assert torch.equal(next(again.unet.parameters()), first)
+    assert not torch.equal(next(other.unet.parameters()), first)
+
+
+def test_missing_local_folder_names_the_path(tmp_path):
+    with pytest.raises(ModelNotFoundError, match="does not exist"):
+        load_pipeline(ModelSpec(source=str(tmp_path / "nowhere")))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelNotFoundError, match="model_index.json"):
+        load_pipeline(ModelSpec(source=str(tmp_path / "empty")))
+
+
+def test_hub_id_offline_without_weights_says_what_to_do(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelNotFoundError, match="offline"):
+        load_pipeline(ModelSpec(source="stable-diffusion-v1-5/stable-diffusion-v1-5"))
+
+
+def test_missing_adapter_names_the_file(tiny_pipe, tmp_path):
+    with pytest.raises(FileNotFoundError, match="pytorch_lora_weights.safetensors"):
+        load_lora(tiny_pipe, tmp_path)
+
+
+def test_tokenizer_keeps_known_words_whole_and_spells_unknown_ones():
+    tokenizer = build_tokenizer(("red", "circle"))
+    tokens = tokenizer.convert_ids_to_tokens(tokenizer("a red circle").input_ids)
+    assert tokens == ["<|startoftext|>", "a</w>", "red</w>", "circle</w>", "<|endoftext|>"]
+    spelled = tokenizer.convert_ids_to_tokens(tokenizer("zed").input_ids)
+    assert spelled[1:-1] == ["z", "e", "d</w>"]
