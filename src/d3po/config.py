@@ -162,8 +162,10 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
         return tuple(value)
     if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
-    if hint in (int, str, bool) and not isinstance(value, hint) or (
-        hint is int and isinstance(value, bool)
+    if (
+        hint in (int, str, bool)
+        and not isinstance(value, hint)
+        or (hint is int and isinstance(value, bool))
     ):
         raise TypeError(f"{where}: expected {hint.__name__}, got {value!r}")
     return value
