@@ -17,16 +17,19 @@ adapter, optimizer, method state and counters, replaced atomically (write, then 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import time
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from d3po import rewards
@@ -39,19 +42,23 @@ from d3po.sampling import Trajectories, sample, step_log_probs
 class Trainer:
     """One training run: a pipeline with a LoRA adapter, an optimizer and a method."""
 
-    def __init__(self, settings: TrainSettings, device: torch.device | str = "cpu") -> None:
+    def __init__(self, settings: TrainSettings, accelerator: Accelerator | None = None) -> None:
         self.settings = settings
         self.training = settings.training
-        self.pipe = load_pipeline(settings.model, device)
+        self.accelerator = accelerator or make_accelerator(settings.training.mixed_precision)
+        self.pipe = load_pipeline(settings.model, self.accelerator.device)
         if settings.training.gradient_checkpointing:
             self.pipe.unet.enable_gradient_checkpointing()
-        torch.manual_seed(settings.seed)  # the LoRA initialisation
+        torch.manual_seed(settings.seed)  # the LoRA initialisation, identical on every rank
         self.parameters = add_lora(self.pipe.unet, settings.lora)
-        self.optimizer = torch.optim.AdamW(
+        optimizer = torch.optim.AdamW(
             self.parameters,
             lr=self.training.learning_rate,
             weight_decay=self.training.weight_decay,
         )
+        # The training forward goes through the prepared (DDP-wrapped when distributed) UNet,
+        # so LoRA gradients are synchronised; sampling and the reference use the bare module.
+        self.unet, self.optimizer = self.accelerator.prepare(self.pipe.unet, optimizer)
         self.method = make_method(settings)
         self.epoch = 0
         self.metrics: list[dict] = []
@@ -111,12 +118,14 @@ class Trainer:
         ]
         return np.stack(columns, axis=1)
 
-    def log_prob_fn(self, trajectories: Trajectories):
+    def log_prob_fn(self, trajectories: Trajectories, unet=None):
+        """log pi of recorded steps under ``unet`` (default: the bare UNet, for no-grad use)."""
         sampler, reduction = self.settings.sampler, self.training.log_prob_reduction
+        unet = unet or self.pipe.unet
 
         def log_prob(sample_index: torch.Tensor, step_index: torch.Tensor) -> torch.Tensor:
             return step_log_probs(
-                self.pipe.unet,
+                unet,
                 self.pipe.scheduler,
                 trajectories,
                 sample_index,
@@ -183,6 +192,18 @@ class Trainer:
             self.method.load_state_dict(state["method"])
 
 
+def make_accelerator(mixed_precision: str) -> Accelerator:
+    """An Accelerator; mixed precision asked for on a machine without CUDA falls back to fp32."""
+    if mixed_precision != "no" and not torch.cuda.is_available():
+        warnings.warn(
+            f"training.mixed_precision={mixed_precision} needs a CUDA GPU; none is visible, "
+            "so this run uses the CPU in float32",
+            stacklevel=2,
+        )
+        mixed_precision = "no"
+    return Accelerator(mixed_precision=mixed_precision)
+
+
 def _derive_seed(*parts: int) -> int:
     return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
 
@@ -200,10 +221,9 @@ def _averages(totals: dict[str, float]) -> dict[str, float]:
 # ---------------------------------------------------------------------- the run on disk
 
 
-def train(settings: TrainSettings, run_dir: Path, state_dir: Path, device: str | None = None):
+def train(settings: TrainSettings, run_dir: Path, state_dir: Path) -> Trainer:
     """Train to the last epoch, resuming from ``state_dir`` when it holds a saved state."""
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    trainer = Trainer(settings, device)
+    trainer = Trainer(settings)
     resume(trainer, state_dir)
     epochs = settings.training.epochs
     with tqdm(total=epochs, initial=trainer.epoch, desc=f"train {settings.method}") as bar:
