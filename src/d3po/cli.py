@@ -166,14 +166,18 @@ def build_parser() -> argparse.ArgumentParser:
         ("gpu-smoke", cmd_gpu_smoke, "devices, versions and a tiny forward pass"),
         ("pretrain-toy", cmd_pretrain_toy, "pretrain the embedded toy model"),
     ):
-        sub = steps.add_parser(name, help=text, add_help=name == "gpu-smoke")
-        sub.add_argument("rest", nargs=argparse.REMAINDER)
-        sub.set_defaults(run=function)
+        # their own parsers take the remaining arguments (`d3po benchmark --help`)
+        steps.add_parser(name, help=text, add_help=False).set_defaults(run=function)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.run in (cmd_benchmark, cmd_pretrain_toy):
+        args.rest = rest
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     _quiet_libraries()
     try:
         args.run(args)

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-EMBEDDED_MODELS = ("tiny-random", "toy")
+EMBEDDED_MODELS = ("tiny-random", "toy", "sd15-random")
 LORA_TARGET_MODULES = ["to_q", "to_k", "to_v", "to_out.0"]
 TOY_MODEL_DIR = Path(__file__).parent / "assets" / "toy"
 
@@ -81,9 +81,11 @@ def load_pipeline(spec: ModelSpec, device: torch.device | str = "cpu"):
 
     # Pixel-space models clip the predicted x_0 to [-1, 1] on purpose; diffusers' pipeline
     # warns about clip_sample=True as if it were a latent model's misconfiguration.
-    warnings.filterwarnings("ignore", message=".*clip_sample.*", category=FutureWarning)
+    warnings.filterwarnings("ignore", message="(?s).*clip_sample", category=FutureWarning)
     if spec.source == "tiny-random":
         pipe = build_tiny_pipeline(seed=spec.seed)
+    elif spec.source == "sd15-random":
+        pipe = build_sd15_shaped_pipeline(seed=spec.seed)
     elif spec.source == "toy":
         pipe = _load_diffusers_folder(TOY_MODEL_DIR, spec, rebuild_hint="d3po pretrain-toy")
     elif Path(spec.source).exists():
@@ -102,7 +104,8 @@ def load_pipeline(spec: ModelSpec, device: torch.device | str = "cpu"):
             module.requires_grad_(False)
             module.eval()
     pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device, dtype=torch_dtype(spec.dtype))
+    dtype = torch_dtype(spec.dtype)
+    return pipe.to(device) if dtype == torch.float32 else pipe.to(device, dtype=dtype)
 
 
 def torch_dtype(name: str) -> torch.dtype:
@@ -246,6 +249,62 @@ def build_tiny_pipeline(seed: int = 0, sample_size: int = 16):
         set_alpha_to_one=False,
         steps_offset=1,
         prediction_type="epsilon",
+    )
+    return StableDiffusionPipeline(
+        vae=None,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def build_sd15_shaped_pipeline(seed: int = 0):
+    """A UNet with Stable Diffusion 1.5's configuration and random weights, for benchmarks.
+
+    860 M parameters, 4x64x64 latents (512 px). The VAE is left out (latents are not decoded)
+    and a one-layer 768-wide text encoder stands in for CLIP ViT-L: the UNet is the cost.
+    """
+    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    tokenizer = build_tokenizer(max_length=77)
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=768,
+            intermediate_size=3072,
+            num_hidden_layers=1,
+            num_attention_heads=12,
+            max_position_embeddings=77,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+    unet = UNet2DConditionModel(
+        sample_size=64,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=2,
+        block_out_channels=(320, 640, 1280, 1280),
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        cross_attention_dim=768,
+        attention_head_dim=8,
+    )
+    scheduler = DDIMScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
     )
     return StableDiffusionPipeline(
         vae=None,
