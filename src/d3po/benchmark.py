@@ -75,11 +75,10 @@ def timed_epoch(trainer, rng: np.random.Generator) -> dict[str, float]:
     )
     synchronize()
     sampled = time.perf_counter()
+    trajectories.reference_log_probs = trainer.reference_log_probs(trajectories)
     scores = rng.random((len(trajectories.prompts), 1))
     generator = torch.Generator().manual_seed(trainer.epoch)
-    items = trainer.method.prepare(
-        trajectories, scores, trainer.reference_log_prob(trajectories), generator
-    )
+    items = trainer.method.prepare(trajectories, scores, generator)
     synchronize()
     referenced = time.perf_counter()
     trainer.update(items, trajectories, generator)

@@ -27,7 +27,11 @@ LogProbFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 @dataclass
 class Items:
-    """Training items of one epoch: equal-length (N,) tensors, ``unit`` says whose item it is."""
+    """Training items of one epoch: equal-length (N,) tensors.
+
+    ``unit`` says whose item it is (a pair or a sample), ``weight`` is 1, or 0 for the padding
+    that evens out the processes' shares of a step.
+    """
 
     tensors: dict[str, torch.Tensor]
     num_units: int
@@ -43,6 +47,16 @@ class Items:
 
     def slice(self, start: int, stop: int) -> Items:
         return Items({k: v[start:stop] for k, v in self.tensors.items()}, self.num_units)
+
+    def shard(self, rank: int, world: int) -> Items:
+        """Items rank, rank + world, ...; padded with zero-weight copies to equal length."""
+        if world == 1:
+            return self
+        per_process = -(-len(self) // world)
+        index = torch.arange(rank, per_process * world, world)
+        shard = self.select(index % len(self))
+        shard.tensors["weight"] = shard.tensors["weight"] * (index < len(self))
+        return shard
 
     def of_units(self, units: torch.Tensor) -> Items:
         return self.select(torch.isin(self.tensors["unit"], units).nonzero().squeeze(1))
@@ -63,32 +77,28 @@ class D3PO:
     """Preferences from Pareto dominance of the proxy scores; the DPO loss per timestep."""
 
     name = "d3po"
+    needs_reference = True  # the loop records log pi_ref of every step, adapter off
 
     def __init__(self, settings: TrainSettings) -> None:
         self.spec = settings.d3po
         self.fraction = settings.training.timestep_fraction
 
     def prepare(
-        self,
-        trajectories: Trajectories,
-        scores: np.ndarray,
-        reference_log_prob: LogProbFn,
-        generator: torch.Generator,
+        self, trajectories: Trajectories, scores: np.ndarray, generator: torch.Generator
     ) -> Items:
         pairs = torch.as_tensor(preference_pairs(trajectories.groups.numpy(), scores)).long()
         pairs = pairs.reshape(-1, 2)  # (P, 2): winner, loser
         unit, step = trained_steps(len(pairs), trajectories.num_steps, self.fraction, generator)
         winner, loser = pairs[unit, 0], pairs[unit, 1]
-        with torch.no_grad():  # pi_ref for both images of every item, in one batched pass
-            reference = reference_log_prob(torch.cat([winner, loser]), torch.cat([step, step]))
-        reference_winner, reference_loser = reference.cpu().chunk(2)
+        reference = trajectories.reference_log_probs.cpu()  # (B, T)
         tensors = {
             "unit": unit,
             "step": step,
+            "weight": torch.ones(len(unit)),
             "winner": winner,
             "loser": loser,
-            "reference_winner": reference_winner,
-            "reference_loser": reference_loser,
+            "reference_winner": reference[winner, step],
+            "reference_loser": reference[loser, step],
         }
         return Items(tensors, num_units=len(pairs))
 
@@ -112,6 +122,7 @@ class DDPO:
     """Scalar rewards, per-prompt normalised advantages, PPO-clip against the sampling policy."""
 
     name = "ddpo"
+    needs_reference = False  # the ratio is against the sampling policy, recorded while sampling
 
     def __init__(self, settings: TrainSettings) -> None:
         self.spec = settings.ddpo
@@ -119,11 +130,7 @@ class DDPO:
         self.tracker = PerPromptStatTracker(self.spec.buffer_size, self.spec.min_count)
 
     def prepare(
-        self,
-        trajectories: Trajectories,
-        scores: np.ndarray,
-        reference_log_prob: LogProbFn,
-        generator: torch.Generator,
+        self, trajectories: Trajectories, scores: np.ndarray, generator: torch.Generator
     ) -> Items:
         advantages = self.tracker.advantages(trajectories.prompts, scores[:, 0])
         advantages = np.clip(advantages, -self.spec.adv_clip_max, self.spec.adv_clip_max)
@@ -132,6 +139,7 @@ class DDPO:
         tensors = {
             "unit": unit,
             "step": step,
+            "weight": torch.ones(len(unit)),
             "old_log_prob": trajectories.log_probs.cpu()[unit, step],
             "advantage": torch.as_tensor(advantages, dtype=torch.float32)[unit],
         }

@@ -48,6 +48,7 @@ class Trajectories:
     prompt_embeds: torch.Tensor  # (B, L, D) text embeddings
     negative_embeds: torch.Tensor  # (1, L, D) embedding of the empty prompt (guidance)
     images: torch.Tensor  # (B, 3, H, W) decoded x_0 in [0, 1]
+    reference_log_probs: torch.Tensor | None = None  # (B, T) under pi_ref, when a method needs it
 
     @property
     def num_steps(self) -> int:

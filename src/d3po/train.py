@@ -18,6 +18,7 @@ adapter, optimizer, method state and counters, replaced atomically (write, then 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -69,22 +70,10 @@ class Trainer:
         """Sample, judge and update once; return the epoch's metrics row."""
         self.epoch += 1
         start = time.perf_counter()
-        prompts, seeds = self.epoch_prompts(self.epoch)
-        self.pipe.unet.eval()
-        trajectories = sample(
-            self.pipe,
-            prompts,
-            self.training.images_per_prompt,
-            seeds,
-            self.settings.sampler,
-            reduction=self.training.log_prob_reduction,
-        )
+        trajectories = self.collect(self.epoch)
         scores = self.score(trajectories)  # (B, objectives)
         generator = torch.Generator().manual_seed(_derive_seed(self.settings.seed, self.epoch, 1))
-        items = self.method.prepare(
-            trajectories, scores, self.reference_log_prob(trajectories), generator
-        )
-        self.pipe.unet.train()
+        items = self.method.prepare(trajectories, scores, generator)
         update = self.update(items, trajectories, generator)
         row = {
             "epoch": self.epoch,
@@ -105,6 +94,28 @@ class Trainer:
         prompts = [str(p) for p in rng.choice(self.settings.prompts, size=count)]
         seeds = [int(s) for s in rng.integers(0, 2**31 - 1, size=count)]
         return prompts, seeds
+
+    @torch.no_grad()
+    def collect(self, epoch: int) -> Trajectories:
+        """Sample this process's share of the epoch's prompts, then share the whole batch.
+
+        Every process ends with the same trajectories (all prompts), so every process builds
+        the same training items; the update then splits each optimizer step's items.
+        """
+        prompts, seeds = self.epoch_prompts(epoch)
+        rank, world = self.accelerator.process_index, self.accelerator.num_processes
+        self.pipe.unet.eval()
+        trajectories = sample(
+            self.pipe,
+            prompts[rank::world],
+            self.training.images_per_prompt,
+            seeds[rank::world],
+            self.settings.sampler,
+            reduction=self.training.log_prob_reduction,
+        )
+        if self.method.needs_reference:
+            trajectories.reference_log_probs = self.reference_log_probs(trajectories)
+        return gather_trajectories(trajectories, self.accelerator) if world > 1 else trajectories
 
     def score(self, trajectories: Trajectories) -> np.ndarray:
         columns = [
@@ -136,42 +147,52 @@ class Trainer:
 
         return log_prob
 
-    def reference_log_prob(self, trajectories: Trajectories):
-        """log pi_ref of recorded steps: the adapter off, no gradients, micro-batched."""
-        policy = self.log_prob_fn(trajectories)
+    @torch.no_grad()
+    def reference_log_probs(self, trajectories: Trajectories) -> torch.Tensor:
+        """(B, T) log pi_ref of every recorded step: adapter off, no gradients, batched."""
+        batch, steps = trajectories.log_probs.shape
+        sample_index = torch.arange(batch).repeat_interleave(steps)
+        step_index = torch.arange(steps).repeat(batch)
+        reference = self.log_prob_fn(trajectories)
         size = self.training.micro_batch_size
-
-        @torch.no_grad()
-        def log_prob(sample_index: torch.Tensor, step_index: torch.Tensor) -> torch.Tensor:
-            with reference_policy(self.pipe.unet):
-                chunks = [
-                    policy(sample_index[i : i + size], step_index[i : i + size])
-                    for i in range(0, len(sample_index), size)
-                ]
-            return torch.cat(chunks) if chunks else torch.zeros(0)
-
-        return log_prob
+        with reference_policy(self.pipe.unet), self.accelerator.autocast():
+            chunks = [
+                reference(sample_index[i : i + size], step_index[i : i + size])
+                for i in range(0, batch * steps, size)
+            ]
+        return torch.cat(chunks).reshape(batch, steps)
 
     def update(
         self, items: Items, trajectories: Trajectories, generator: torch.Generator
     ) -> dict[str, float]:
-        """Optimizer steps over shuffled units; each step averages its items' losses."""
-        policy = self.log_prob_fn(trajectories)
+        """Optimizer steps over shuffled units; each step averages its items' losses.
+
+        The items of a step are dealt out to the processes (padded with zero-weight items so
+        every process runs the same micro-batches); DDP averages the processes' gradients,
+        hence the factor ``world``: the step's gradient is the mean over all its items.
+        """
+        self.pipe.unet.train()
+        policy = self.log_prob_fn(trajectories, self.unet)
+        world, size = self.accelerator.num_processes, self.training.micro_batch_size
         totals: dict[str, float] = {}
         order = torch.randperm(items.num_units, generator=generator)
         for first in range(0, items.num_units, self.training.batch_size):
             step_items = items.of_units(order[first : first + self.training.batch_size])
+            shard = step_items.shard(self.accelerator.process_index, world)
             self.optimizer.zero_grad(set_to_none=True)
-            for start in range(0, len(step_items), self.training.micro_batch_size):
-                micro = step_items.select(
-                    torch.arange(
-                        start, min(start + self.training.micro_batch_size, len(step_items))
-                    )
-                )
-                loss, diagnostics = self.method.loss(micro, policy)
-                (loss.sum() / len(step_items)).backward()
+            for start in range(0, len(shard), size):
+                micro = shard.slice(start, start + size)
+                last = start + size >= len(shard)
+                # gradients are all-reduced once per optimizer step, on the last micro-batch
+                sync = contextlib.nullcontext() if last else self.accelerator.no_sync(self.unet)
+                with sync, self.accelerator.autocast():
+                    loss, diagnostics = self.method.loss(micro, policy)
+                    weighted = (loss * micro["weight"].to(loss.device)).sum()
+                    self.accelerator.backward(weighted * world / len(step_items))
                 _accumulate(totals, {"loss": loss.detach().mean(), **diagnostics}, len(micro))
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.parameters, self.training.max_grad_norm)
+            grad_norm = self.accelerator.clip_grad_norm_(
+                self.parameters, self.training.max_grad_norm
+            )
             _accumulate(totals, {"grad_norm": grad_norm}, 1)
             self.optimizer.step()
         return _averages(totals)
@@ -190,6 +211,28 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         if hasattr(self.method, "load_state_dict"):
             self.method.load_state_dict(state["method"])
+
+
+def gather_trajectories(trajectories: Trajectories, accelerator: Accelerator) -> Trajectories:
+    """Concatenate every process's trajectories (in rank order) on every process."""
+    from accelerate.utils import gather, gather_object
+
+    def everyone(tensor: torch.Tensor) -> torch.Tensor:
+        return gather(tensor.contiguous().to(accelerator.device))
+
+    group_offset = accelerator.process_index * (int(trajectories.groups.max()) + 1)
+    reference = trajectories.reference_log_probs
+    return dataclasses.replace(
+        trajectories,
+        prompts=gather_object(trajectories.prompts),
+        groups=everyone(trajectories.groups + group_offset).cpu(),
+        seeds=everyone(trajectories.seeds).cpu(),
+        latents=everyone(trajectories.latents),
+        log_probs=everyone(trajectories.log_probs),
+        prompt_embeds=everyone(trajectories.prompt_embeds),
+        images=everyone(trajectories.images),
+        reference_log_probs=None if reference is None else everyone(reference),
+    )
 
 
 def make_accelerator(mixed_precision: str) -> Accelerator:
