@@ -103,13 +103,20 @@ class Trainer:
         the same training items; the update then splits each optimizer step's items.
         """
         prompts, seeds = self.epoch_prompts(epoch)
-        rank, world = self.accelerator.process_index, self.accelerator.num_processes
+        world = self.accelerator.num_processes
+        if len(prompts) % world:
+            raise ValueError(
+                f"training.prompts_per_epoch={len(prompts)} must be a multiple of the number "
+                f"of processes ({world}), so that every process samples as many prompts"
+            )
+        share = slice(self.accelerator.process_index * len(prompts) // world, None)
+        share = slice(share.start, share.start + len(prompts) // world)  # in order: rank 0 first
         self.pipe.unet.eval()
         trajectories = sample(
             self.pipe,
-            prompts[rank::world],
+            prompts[share],
             self.training.images_per_prompt,
-            seeds[rank::world],
+            seeds[share],
             self.settings.sampler,
             reduction=self.training.log_prob_reduction,
         )
@@ -244,7 +251,8 @@ def make_accelerator(mixed_precision: str) -> Accelerator:
             stacklevel=2,
         )
         mixed_precision = "no"
-    return Accelerator(mixed_precision=mixed_precision)
+    # cpu=True lets accelerate run several CPU processes (gloo) under torchrun/accelerate launch
+    return Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available())
 
 
 def _derive_seed(*parts: int) -> int:
