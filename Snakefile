@@ -1,0 +1,31 @@
+"""D3PO and DDPO on proxy objectives: train, sample every checkpoint, score, plot, tabulate.
+
+    snakemake --cores 2                                   # the embedded tiny default
+    snakemake --cores 2 --configfile config/paper.yaml    # the paper's Stable Diffusion runs
+    snakemake --profile profiles/slurm --configfile config/paper.yaml   # on a SLURM cluster
+    snakemake --report report.html                        # plots and table as one page
+
+Every rule calls the `d3po` command line (src/d3po/cli.py); docs/design.md lists the files
+that pass between the steps.
+"""
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/sample.smk"
+include: "workflow/rules/score.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/plot.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        all_targets(),

@@ -1,0 +1,152 @@
+"""The whole workflow on tests/config/tiny.yaml (tiny random model, 4 steps, 2 prompts, 2 epochs,
+both methods, one seed), run by Snakemake in a copy of the workflow under a temporary folder;
+then every declared output is checked to exist and to be well formed."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "tests" / "config" / "tiny.yaml"
+METHODS = ("d3po", "ddpo")
+EPOCHS = (1, 2)
+PROXIES = ("jpeg_compressibility", "jpeg_incompressibility")
+EVALUATION_COLUMNS = [
+    "experiment",
+    "method",
+    "seed",
+    "epoch",
+    "samples_seen",
+    "proxy",
+    "mean",
+    "std",
+    "n",
+]
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory) -> Path:
+    """Run the workflow once for all the tests of this module; return its results/ folder."""
+    workdir = tmp_path_factory.mktemp("workflow")
+    for part in ("Snakefile", "workflow", "config"):
+        source = REPO / part
+        copy = shutil.copytree if source.is_dir() else shutil.copy
+        copy(source, workdir / part)
+    shutil.copy(TINY, workdir / "tiny.yaml")
+    bin_dir = str(Path(sys.executable).parent)
+    env = os.environ | {"PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
+    command = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--cores",
+        "2",
+        "--configfile",
+        "tiny.yaml",
+        "--replace-workflow-config",
+    ]
+    result = subprocess.run(
+        command, cwd=workdir, env=env, capture_output=True, text=True, timeout=1800
+    )
+    if result.returncode != 0:
+        logs = "\n".join(
+            f"--- {log}\n{log.read_text()[-3000:]}" for log in workdir.glob("results/logs/**/*.log")
+        )
+        pytest.fail(f"snakemake failed:\n{result.stdout}\n{result.stderr[-6000:]}\n{logs}")
+    summary = subprocess.run(
+        [*command, "--summary"], cwd=workdir, env=env, capture_output=True, text=True
+    )
+    assert summary.returncode == 0, summary.stderr
+    assert "missing" not in summary.stdout, summary.stdout
+    return workdir / "results"
+
+
+def sample_dirs(results: Path) -> list[Path]:
+    checkpoints = [
+        results / f"samples/compressibility/{method}/seed0/epoch{epoch}"
+        for method in METHODS
+        for epoch in EPOCHS
+    ]
+    return [results / "samples/base", *checkpoints]
+
+
+def check_png(path: Path) -> None:
+    with Image.open(path) as image:
+        image.load()
+        assert image.width > 0 and image.height > 0
+
+
+pytestmark = pytest.mark.slow
+
+
+def test_samples_have_a_manifest_and_images(results: Path):
+    config = yaml.safe_load(TINY.read_text())
+    expected = len(config["prompts"]["shapes"]) * config["evaluation"]["images_per_prompt"]
+    for folder in sample_dirs(results):
+        manifest = pd.read_csv(folder / "manifest.csv")
+        assert list(manifest.columns) == ["id", "prompt", "group", "seed", "path"], folder
+        assert len(manifest) == expected, folder
+        assert manifest["id"].is_unique
+        for path in manifest["path"]:
+            check_png(folder / path)
+
+
+def test_every_sample_set_is_scored_by_every_proxy(results: Path):
+    for folder in sample_dirs(results):
+        ids = set(pd.read_csv(folder / "manifest.csv")["id"])
+        sample_set = folder.relative_to(results / "samples")
+        for proxy in PROXIES:
+            scores = pd.read_csv(results / "scores" / sample_set / f"{proxy}.csv")
+            assert list(scores.columns) == ["id", "proxy", "value"]
+            assert set(scores["id"]) == ids
+            assert (scores["proxy"] == proxy).all()
+            assert scores["value"].notna().all()
+
+
+def test_training_writes_metrics_and_checkpoints(results: Path):
+    for method in METHODS:
+        run = results / f"train/compressibility/{method}/seed0"
+        metrics = pd.read_csv(run / "metrics.csv")
+        assert len(metrics) == len(EPOCHS)
+        assert {"epoch", "samples_seen", "reward_mean", "loss"} <= set(metrics.columns)
+        assert list(metrics["epoch"]) == list(EPOCHS)
+        for epoch in EPOCHS:
+            weights = run / f"checkpoints/epoch_{epoch:04d}/pytorch_lora_weights.safetensors"
+            assert weights.stat().st_size > 0
+        assert (results / f"state/compressibility/{method}/seed0").is_dir()
+
+
+def test_evaluation_table_covers_base_and_every_checkpoint(results: Path):
+    evaluation = pd.read_csv(results / "compressibility/evaluation.csv")
+    assert list(evaluation.columns) == EVALUATION_COLUMNS
+    runs = {("base", 0)} | {(method, epoch) for method in METHODS for epoch in EPOCHS}
+    assert set(zip(evaluation["method"], evaluation["epoch"], strict=True)) == runs
+    assert len(evaluation) == len(runs) * len(PROXIES)
+    assert (evaluation["n"] > 0).all()
+    # samples_seen = epoch * prompts_per_epoch * images_per_prompt = epoch * 2 * 2
+    assert (evaluation["samples_seen"] == evaluation["epoch"] * 4).all()
+
+
+def test_plots_and_results_table(results: Path):
+    check_png(results / "compressibility/curves.png")
+    check_png(results / "compressibility/samples.png")
+    table = pd.read_csv(results / "results_table.csv")
+    assert len(table) > 0
+    assert "compressibility" in table.to_string()
+    assert "|" in (results / "results_table.md").read_text()
+
+
+def test_logs_and_benchmarks_are_written(results: Path):
+    assert (results / "logs/sample_baseline.log").exists()
+    assert (results / "benchmarks/sample_baseline.tsv").exists()
+    for method in METHODS:
+        assert (results / f"logs/train/compressibility/{method}/seed0.log").exists()

@@ -1,0 +1,23 @@
+# Evaluation: one long table per experiment (experiment, method, seed, epoch, samples_seen,
+# proxy, mean, std, n) over the base model and every checkpoint of every method and seed.
+
+
+localrules:
+    collect_evaluation,
+
+
+rule collect_evaluation:
+    input:
+        scores=evaluation_scores,
+    output:
+        csv=f"{RESULTS}/{{experiment}}/evaluation.csv",
+    log:
+        f"{RESULTS}/logs/collect_evaluation/{{experiment}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/collect_evaluation/{{experiment}}.tsv"
+    conda:
+        "../envs/d3po.yaml"
+    params:
+        runs=as_json(lambda wildcards: evaluation_runs(wildcards.experiment)),
+    shell:
+        "d3po collect --runs {params.runs:q} --out {output.csv} > {log:q} 2>&1"

@@ -1,0 +1,80 @@
+# Plots and the results table, declared for `snakemake --report`.
+
+
+localrules:
+    plot_curves,
+    plot_samples,
+    results_table,
+
+
+rule plot_curves:
+    input:
+        unpack(training_metrics),
+        evaluation=f"{RESULTS}/{{experiment}}/evaluation.csv",
+    output:
+        png=report(
+            f"{RESULTS}/{{experiment}}/curves.png",
+            caption="../report/curves.rst",
+            category="Reward curves",
+            labels={"experiment": "{experiment}"},
+        ),
+    log:
+        f"{RESULTS}/logs/plot_curves/{{experiment}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/plot_curves/{{experiment}}.tsv"
+    conda:
+        "../envs/d3po.yaml"
+    params:
+        metrics=labelled(training_metrics),
+    shell:
+        "d3po plot-curves --evaluation {input.evaluation} --metrics {params.metrics}"
+        " --out {output.png} > {log:q} 2>&1"
+
+
+rule plot_samples:
+    input:
+        unpack(final_samples),
+        before=f"{RESULTS}/samples/base",
+    output:
+        png=report(
+            f"{RESULTS}/{{experiment}}/samples.png",
+            caption="../report/samples.rst",
+            category="Samples",
+            labels={"experiment": "{experiment}"},
+        ),
+    log:
+        f"{RESULTS}/logs/plot_samples/{{experiment}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/plot_samples/{{experiment}}.tsv"
+    conda:
+        "../envs/d3po.yaml"
+    params:
+        after=labelled(final_samples),
+    shell:
+        "d3po plot-samples --before {input.before} --after {params.after}"
+        " --out {output.png} > {log:q} 2>&1"
+
+
+rule results_table:
+    input:
+        evaluations=evaluation_tables(),
+    output:
+        csv=report(
+            f"{RESULTS}/results_table.csv",
+            caption="../report/results_table.rst",
+            category="Results table",
+        ),
+        md=f"{RESULTS}/results_table.md",
+    log:
+        f"{RESULTS}/logs/results_table.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/results_table.tsv"
+    conda:
+        "../envs/d3po.yaml"
+    params:
+        paper=json.dumps(config["paper"], separators=(",", ":")),
+        objectives=json.dumps(headline_objectives(), separators=(",", ":")),
+    shell:
+        "d3po table --evaluation {input.evaluations} --out-csv {output.csv}"
+        " --out-md {output.md} --paper {params.paper:q}"
+        " --objectives {params.objectives:q} > {log:q} 2>&1"

@@ -1,0 +1,32 @@
+# Training: one online run (sample, judge, update, checkpoint) per experiment x method x seed.
+#
+# The resume state lives in results/state/..., which is not a declared output: Snakemake never
+# deletes it, so a run killed by the cluster (preemption, time limit) resumes where it stopped.
+
+
+rule train:
+    output:
+        metrics=f"{RESULTS}/train/{{experiment}}/{{method}}/seed{{seed}}/metrics.csv",
+        checkpoints=directory(
+            f"{RESULTS}/train/{{experiment}}/{{method}}/seed{{seed}}/checkpoints"
+        ),
+    log:
+        f"{RESULTS}/logs/train/{{experiment}}/{{method}}/seed{{seed}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train/{{experiment}}/{{method}}/seed{{seed}}.tsv"
+    conda:
+        "../envs/d3po.yaml"
+    resources:
+        gpu=job_resources("train", "gpu"),
+        runtime=job_resources("train", "runtime"),
+        mem_mb=job_resources("train", "mem_mb"),
+        cpus_per_task=job_resources("train", "cpus_per_task"),
+    params:
+        settings=as_json(train_settings),
+        run_dir=lambda wildcards: run_dir(
+            wildcards.experiment, wildcards.method, wildcards.seed
+        ),
+        state_dir=lambda wildcards: f"{RESULTS}/state/{wildcards.experiment}/{wildcards.method}/seed{wildcards.seed}",
+    shell:
+        "d3po train --settings {params.settings:q} --run-dir {params.run_dir:q}"
+        " --state-dir {params.state_dir:q} > {log:q} 2>&1"
