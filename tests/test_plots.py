@@ -97,7 +97,7 @@ def test_sample_grid_writes_png_and_upscales(tmp_path: Path) -> None:
 def test_results_table_start_end_over_seeds(tmp_path: Path) -> None:
     evaluation = tmp_path / "evaluation.csv"
     _evaluation_table().to_csv(evaluation, index=False)
-    paper = {"jpeg": {"d3po": 285.0}}
+    paper = {"jpeg": {"base": 107.0, "d3po": 285.0}}
     summary = plots.results_table([evaluation], tmp_path / "r.csv", tmp_path / "r.md", paper)
     written = pd.read_csv(tmp_path / "r.csv")
     assert len(written) == len(summary) == 4  # 2 methods x 2 proxies
@@ -106,6 +106,7 @@ def test_results_table_start_end_over_seeds(tmp_path: Path) -> None:
     assert row["start_mean"] == pytest.approx(10.5) and row["start_std"] == pytest.approx(0.5)
     assert row["end_mean"] == pytest.approx(16.5) and row["end_std"] == pytest.approx(0.5)
     assert row["objective"] and row["seeds"] == 2 and row["paper"] == 285.0
+    assert row["paper_start"] == 107.0
     row = written[(written["method"] == "ddpo") & (written["proxy"] == "aes")].iloc[0]
     assert row["end_mean"] == pytest.approx(7.5) and not row["objective"]
     assert np.isnan(row["paper"])
@@ -113,4 +114,4 @@ def test_results_table_start_end_over_seeds(tmp_path: Path) -> None:
     assert set(first_rows["proxy"]) == {"jpeg"}  # the objective comes first
     markdown = (tmp_path / "r.md").read_text()
     assert markdown.startswith("| objective | method | proxy |")
-    assert "| jpeg | d3po | **jpeg** | 10.5 ± 0.5 | 16.5 ± 0.5 | 2 | 285 |" in markdown
+    assert "| jpeg | d3po | **jpeg** | 10.5 ± 0.5 | 16.5 ± 0.5 | 2 | 107 | 285 |" in markdown

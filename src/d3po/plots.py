@@ -267,10 +267,20 @@ def _format(mean: float, std: float) -> str:
 
 def _markdown(summary: pd.DataFrame) -> str:
     """A GitHub Markdown table (written by hand: no tabulate dependency)."""
-    header = ["objective", "method", "proxy", "start (base)", "end", "seeds", "paper"]
+    header = [
+        "objective",
+        "method",
+        "proxy",
+        "start (base)",
+        "end",
+        "seeds",
+        "paper start",
+        "paper end",
+    ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in summary.itertuples(index=False):
         proxy = f"**{row.proxy}**" if row.objective else row.proxy
+        paper_start = "" if pd.isna(row.paper_start) else f"{row.paper_start:g}"
         paper = "" if pd.isna(row.paper) else f"{row.paper:g}"
         cells = [
             row.experiment,
@@ -279,6 +289,7 @@ def _markdown(summary: pd.DataFrame) -> str:
             _format(row.start_mean, row.start_std),
             _format(row.end_mean, row.end_std),
             str(row.seeds),
+            paper_start,
             paper,
         ]
         lines.append("| " + " | ".join(cells) + " |")
@@ -298,17 +309,21 @@ def results_table(
     "base"), ``end_*`` each seed's last evaluated epoch; mean and std are over seeds of the
     per-seed image means. The experiment's objective proxy (``objectives[experiment]``, by
     default the experiment's own name) comes first and is bold in the Markdown. ``paper``
-    ({experiment: {method: value}}) fills the "paper" column on the objective row.
+    ({experiment: {method: value}}, with method "base" for the start) fills the "paper start"
+    and "paper" columns on the objective row.
     """
     table = _read_evaluations(evaluation_csvs)
     summary = pd.DataFrame(_summary_rows(table, objectives or {}))
     if summary.empty:
         raise ValueError("no trained runs (method other than 'base') in the evaluation tables")
     paper = paper or {}
-    summary["paper"] = [
-        paper.get(row.experiment, {}).get(row.method, np.nan) if row.objective else np.nan
-        for row in summary.itertuples(index=False)
-    ]
+
+    def paper_value(row, method: str) -> float:
+        return paper.get(row.experiment, {}).get(method, np.nan) if row.objective else np.nan
+
+    rows = list(summary.itertuples(index=False))
+    summary["paper_start"] = [paper_value(row, BASE) for row in rows]
+    summary["paper"] = [paper_value(row, row.method) for row in rows]
     _write_atomically(summary, Path(out_csv))
     _write_atomically(_markdown(summary), Path(out_md))
     return summary
