@@ -23,6 +23,7 @@ include: "workflow/rules/score.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/plot.smk"
+include: "workflow/rules/smoke.smk"
 
 
 rule all:

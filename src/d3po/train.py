@@ -273,18 +273,33 @@ def _averages(totals: dict[str, float]) -> dict[str, float]:
 
 
 def train(settings: TrainSettings, run_dir: Path, state_dir: Path) -> Trainer:
-    """Train to the last epoch, resuming from ``state_dir`` when it holds a saved state."""
+    """Train to the last epoch, resuming from ``state_dir`` when it holds a saved state.
+
+    With several processes every one resumes, trains and reaches each save together; the main
+    process writes the files while the others wait at the barrier (no collective inside).
+    """
     trainer = Trainer(settings)
+    accelerator = trainer.accelerator
     resume(trainer, state_dir)
     epochs = settings.training.epochs
-    with tqdm(total=epochs, initial=trainer.epoch, desc=f"train {settings.method}") as bar:
-        while trainer.epoch < epochs:
-            row = trainer.run_epoch()
-            bar.update(1)
-            bar.set_postfix(loss=f"{row.get('loss', float('nan')):.4f}", reward=row["reward_mean"])
-            if trainer.epoch % settings.training.checkpoint_every == 0 or trainer.epoch == epochs:
+    bar = tqdm(
+        total=epochs,
+        initial=trainer.epoch,
+        desc=f"train {settings.method}",
+        disable=not accelerator.is_main_process,
+    )
+    while trainer.epoch < epochs:
+        row = trainer.run_epoch()
+        bar.update(1)
+        bar.set_postfix(loss=f"{row.get('loss', float('nan')):.4f}", reward=row["reward_mean"])
+        if trainer.epoch % settings.training.checkpoint_every == 0 or trainer.epoch == epochs:
+            if accelerator.is_main_process:
                 save_state(trainer, state_dir)
-    publish(state_dir, Path(run_dir))
+            accelerator.wait_for_everyone()
+    bar.close()
+    if accelerator.is_main_process:
+        publish(state_dir, Path(run_dir))
+    accelerator.wait_for_everyone()
     return trainer
 
 

@@ -254,6 +254,13 @@ def all_targets():
     ] + [f"{RESULTS}/results_table.csv", f"{RESULTS}/results_table.md"]
 
 
+def training_launcher(gpus):
+    """`d3po`, or torchrun with one process per GPU when a training job has several."""
+    if int(gpus) > 1:
+        return f"torchrun --standalone --nproc_per_node {int(gpus)} -m d3po"
+    return "d3po"
+
+
 def job_resources(kind, name):
     """A resource of one kind of job (sample, train, evaluate) from config 'resources'."""
     return lookup(dpath=f"resources/{kind}/{name}", within=config)

@@ -26,7 +26,8 @@ rule train:
         run_dir=lambda wildcards: run_dir(
             wildcards.experiment, wildcards.method, wildcards.seed
         ),
+        launcher=lambda wildcards, resources: training_launcher(resources.gpu),
         state_dir=lambda wildcards: f"{RESULTS}/state/{wildcards.experiment}/{wildcards.method}/seed{wildcards.seed}",
     shell:
-        "d3po train --settings {params.settings:q} --run-dir {params.run_dir:q}"
+        "{params.launcher} train --settings {params.settings:q} --run-dir {params.run_dir:q}"
         " --state-dir {params.state_dir:q} > {log:q} 2>&1"
