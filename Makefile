@@ -9,7 +9,7 @@ CORES ?= 2
 CONFIG ?= config/config.yaml
 # Rules call the `d3po` command of this venv.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
-SNAKEMAKE := $(BIN)/snakemake --cores $(CORES) --configfile $(CONFIG)
+SNAKEMAKE := $(BIN)/snakemake --cores $(CORES) --configfile $(CONFIG) --replace-workflow-config
 
 .PHONY: run test lint dryrun report
 

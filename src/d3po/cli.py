@@ -187,14 +187,13 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _quiet_libraries() -> None:
-    """Keep job logs readable: diffusers/transformers info and progress bars off."""
+    """Keep job logs readable: library info and download bars off (set before their import)."""
     import os
 
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    diffusers_logging.set_verbosity_error()
-    diffusers_logging.disable_progress_bar()
-    transformers_logging.set_verbosity_error()
-    transformers_logging.disable_progress_bar()
+    for variable, value in (
+        ("TOKENIZERS_PARALLELISM", "false"),
+        ("DIFFUSERS_VERBOSITY", "error"),
+        ("TRANSFORMERS_VERBOSITY", "error"),
+        ("HF_HUB_DISABLE_PROGRESS_BARS", "1"),
+    ):
+        os.environ.setdefault(variable, value)

@@ -15,7 +15,7 @@ from snakemake.utils import validate
 validate(config, "../schemas/config.schema.yaml")
 
 METHODS = ("d3po", "ddpo")
-RESULTS = "results"
+RESULTS = config["results_dir"]
 
 
 # ------------------------------------------------------------------------- config checks
