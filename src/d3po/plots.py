@@ -107,10 +107,13 @@ def _plot_proxy_panel(axis: plt.Axes, table: pd.DataFrame, proxy: str) -> None:
     several = rows["experiment"].nunique() > 1
     for (experiment, method), curve in rows.groupby(["experiment", "method"], sort=True):
         label = _curve_label(experiment, method, several)
-        per_step = curve.groupby("samples_seen")["mean"].agg(["mean", "min", "max"])
         if method == BASE:
-            axis.axhline(per_step["mean"].mean(), color="gray", linestyle="--", label=label)
+            axis.axhline(curve["mean"].mean(), color="gray", linestyle="--", label=label)
             continue
+        # every run starts from the base model: its value is the curve's point at 0 samples
+        start = rows[(rows["experiment"] == experiment) & (rows["method"] == BASE)]
+        curve = pd.concat([start.assign(samples_seen=0), curve])
+        per_step = curve.groupby("samples_seen")["mean"].agg(["mean", "min", "max"])
         (line,) = axis.plot(per_step.index, per_step["mean"], marker="o", markersize=3, label=label)
         axis.fill_between(
             per_step.index, per_step["min"], per_step["max"], color=line.get_color(), alpha=0.2
@@ -147,11 +150,16 @@ def plot_curves(
     table = _read_evaluations(evaluation_csv)
     proxies = sorted(table["proxy"].unique())
     panels = len(proxies) + (1 if metrics_csvs else 0)
-    figure, axes = plt.subplots(1, panels, figsize=(4.5 * panels, 3.6), squeeze=False)
-    for axis, proxy in zip(axes[0], proxies, strict=False):
+    columns = min(panels, 3)
+    rows = -(-panels // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(4.5 * columns, 3.6 * rows), squeeze=False)
+    axes = axes.flatten()
+    for axis, proxy in zip(axes, proxies, strict=False):
         _plot_proxy_panel(axis, table, proxy)
     if metrics_csvs:
-        _plot_metrics_panel(axes[0][-1], metrics_csvs)
+        _plot_metrics_panel(axes[len(proxies)], metrics_csvs)
+    for axis in axes[panels:]:
+        axis.set_visible(False)
     figure.tight_layout()
     Path(out_png).parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out_png, dpi=120)
