@@ -126,3 +126,9 @@ def test_tokenizer_keeps_known_words_whole_and_spells_unknown_ones():
     assert tokens == ["<|startoftext|>", "a</w>", "red</w>", "circle</w>", "<|endoftext|>"]
     spelled = tokenizer.convert_ids_to_tokens(tokenizer("zed").input_ids)
     assert spelled[1:-1] == ["z", "e", "d</w>"]
+
+
+def test_half_precision_on_a_cpu_falls_back_to_float32_with_a_warning():
+    with pytest.warns(UserWarning, match="float32"):
+        pipe = load_pipeline(ModelSpec(source="tiny-random", dtype="float16"), "cpu")
+    assert next(pipe.unet.parameters()).dtype == torch.float32

@@ -105,6 +105,12 @@ def load_pipeline(spec: ModelSpec, device: torch.device | str = "cpu"):
             module.eval()
     pipe.set_progress_bar_config(disable=True)
     dtype = torch_dtype(spec.dtype)
+    if dtype != torch.float32 and torch.device(device).type == "cpu":
+        warnings.warn(
+            f"model.dtype={spec.dtype} is meant for GPUs; on the CPU the model runs in float32",
+            stacklevel=2,
+        )
+        dtype = torch.float32
     return pipe.to(device) if dtype == torch.float32 else pipe.to(device, dtype=dtype)
 
 
