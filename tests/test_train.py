@@ -103,3 +103,11 @@ def test_state_from_other_settings_is_refused_and_kept(tmp_path):
     with pytest.raises(RuntimeError, match="other settings"):
         train(settings(epochs=1, learning_rate=5e-4), tmp_path / "run", tmp_path / "state")
     assert (tmp_path / "state" / "latest" / "settings.json").read_text() == saved
+
+
+def test_mixed_precision_without_cuda_warns_and_runs_in_float32():
+    from d3po.train import make_accelerator
+
+    with pytest.warns(UserWarning, match="needs a CUDA GPU"):
+        accelerator = make_accelerator("bf16")
+    assert accelerator.mixed_precision == "no"
