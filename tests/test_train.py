@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -111,3 +112,12 @@ def test_mixed_precision_without_cuda_warns_and_runs_in_float32():
     with pytest.warns(UserWarning, match="needs a CUDA GPU"):
         accelerator = make_accelerator("bf16")
     assert accelerator.mixed_precision == "no"
+
+
+def test_an_epoch_of_ties_trains_nothing_and_goes_on(monkeypatch):
+    trainer = Trainer(settings("d3po"))
+    monkeypatch.setattr(trainer, "score", lambda trajectories: np.zeros((6, 1)))
+    before = lora_weights(trainer)
+    row = trainer.run_epoch()
+    assert row["units"] == 0
+    assert all(torch.equal(before[n], w) for n, w in lora_weights(trainer).items())

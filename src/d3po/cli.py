@@ -179,9 +179,11 @@ def main(argv: list[str] | None = None) -> None:
     elif rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     _quiet_libraries()
+    from d3po.config import StateError
+
     try:
         args.run(args)
-    except (ValueError, FileNotFoundError, RuntimeError, TypeError) as error:
+    except (ValueError, FileNotFoundError, StateError) as error:  # the user can fix these
         print(f"d3po {args.step}: error: {error}", file=sys.stderr)
         raise SystemExit(1) from None
 

@@ -20,6 +20,11 @@ from d3po.models import LoraSpec, ModelSpec
 T = TypeVar("T")
 
 
+class StateError(RuntimeError):
+    """A saved training state that does not fit these settings or cannot be read; it is left as
+    it is for the user to move away or to resume with the settings it was made with."""
+
+
 @dataclass(frozen=True)
 class SamplerSpec:
     """The sampling policy: a stochastic DDIM step with classifier-free guidance."""
@@ -138,7 +143,7 @@ def parse(cls: type[T], data: dict[str, Any] | str | Path, where: str = "setting
 
 def _build(cls: type[T], data: Any, where: str) -> T:
     if not isinstance(data, dict):
-        raise TypeError(f"{where}: expected a mapping, got {type(data).__name__}")
+        raise ValueError(f"{where}: expected a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     fields = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - fields)
@@ -158,7 +163,7 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
         return _convert(next(a for a in args if a is not type(None)), value, where)
     if origin is tuple:
         if not isinstance(value, list | tuple):
-            raise TypeError(f"{where}: expected a list, got {value!r}")
+            raise ValueError(f"{where}: expected a list, got {value!r}")
         return tuple(value)
     if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
@@ -167,5 +172,5 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
         and not isinstance(value, hint)
         or (hint is int and isinstance(value, bool))
     ):
-        raise TypeError(f"{where}: expected {hint.__name__}, got {value!r}")
+        raise ValueError(f"{where}: expected {hint.__name__}, got {value!r}")
     return value

@@ -67,7 +67,8 @@ def trained_steps(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(unit, step) index pairs: a random ``fraction`` of the T steps for each unit."""
     per_unit = max(1, math.ceil(fraction * num_steps))
-    steps = torch.stack([torch.randperm(num_steps, generator=generator) for _ in range(num_units)])
+    permutations = [torch.randperm(num_steps, generator=generator) for _ in range(num_units)]
+    steps = torch.stack(permutations) if permutations else torch.zeros(0, num_steps).long()
     steps = steps[:, :per_unit]  # (U, per_unit)
     units = torch.arange(num_units).unsqueeze(1).expand_as(steps)
     return units.reshape(-1), steps.reshape(-1)

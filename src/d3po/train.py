@@ -34,7 +34,7 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from d3po import rewards
-from d3po.config import TrainSettings
+from d3po.config import StateError, TrainSettings
 from d3po.methods import Items, make_method
 from d3po.models import add_lora, load_lora_state, load_pipeline, reference_policy, save_lora
 from d3po.sampling import Trajectories, sample, step_log_probs
@@ -340,7 +340,7 @@ def resume(trainer: Trainer, state_dir: Path) -> None:
         return
     saved = (candidate / "settings.json").read_text()
     if saved != settings_fingerprint(trainer.settings):
-        raise RuntimeError(
+        raise StateError(
             f"{candidate} was written by a run with other settings; it is left as it is. "
             "Delete that state folder to start afresh, or restore the settings it was made with."
         )
@@ -349,7 +349,7 @@ def resume(trainer: Trainer, state_dir: Path) -> None:
         load_lora_state(trainer.pipe.unet, candidate)
         trainer.metrics = pd.read_csv(candidate / "metrics.csv").to_dict("records")
     except Exception as error:  # a corrupt state is reported, never overwritten silently
-        raise RuntimeError(
+        raise StateError(
             f"cannot read the training state in {candidate}: {error}. It is left as it is: "
             "move it away to start afresh."
         ) from error
