@@ -109,17 +109,19 @@ class Trainer:
                 f"training.prompts_per_epoch={len(prompts)} must be a multiple of the number "
                 f"of processes ({world}), so that every process samples as many prompts"
             )
-        share = slice(self.accelerator.process_index * len(prompts) // world, None)
-        share = slice(share.start, share.start + len(prompts) // world)  # in order: rank 0 first
+        per_process = len(prompts) // world
+        first = self.accelerator.process_index * per_process
+        share = slice(first, first + per_process)  # contiguous: gathering keeps the order
         self.pipe.unet.eval()
-        trajectories = sample(
-            self.pipe,
-            prompts[share],
-            self.training.images_per_prompt,
-            seeds[share],
-            self.settings.sampler,
-            reduction=self.training.log_prob_reduction,
-        )
+        with self.accelerator.autocast():
+            trajectories = sample(
+                self.pipe,
+                prompts[share],
+                self.training.images_per_prompt,
+                seeds[share],
+                self.settings.sampler,
+                reduction=self.training.log_prob_reduction,
+            )
         if self.method.needs_reference:
             trajectories.reference_log_probs = self.reference_log_probs(trajectories)
         return gather_trajectories(trajectories, self.accelerator) if world > 1 else trajectories
