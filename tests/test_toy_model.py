@@ -36,3 +36,29 @@ def test_missing_toy_model_names_file_and_rebuild_command(tmp_path, monkeypatch)
     with pytest.raises(ModelNotFoundError, match="model_index.json") as error:
         load_pipeline(ModelSpec(source="toy"))
     assert "d3po pretrain-toy" in str(error.value)
+
+
+def test_toy_model_with_a_lost_vocabulary_names_the_tokenizer_and_the_rebuild(
+    tmp_path, monkeypatch
+):
+    import shutil
+
+    copy = tmp_path / "toy"
+    shutil.copytree(models.TOY_MODEL_DIR, copy)
+    (copy / "tokenizer" / "tokenizer.json").unlink()
+    monkeypatch.setattr(models, "TOY_MODEL_DIR", copy)
+    with pytest.raises(ModelNotFoundError, match="tokenizer") as error:
+        load_pipeline(ModelSpec(source="toy"))
+    assert "d3po pretrain-toy" in str(error.value)
+
+
+def test_toy_model_with_corrupt_weights_names_the_file(tmp_path, monkeypatch):
+    import shutil
+
+    copy = tmp_path / "toy"
+    shutil.copytree(models.TOY_MODEL_DIR, copy)
+    weights = copy / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    monkeypatch.setattr(models, "TOY_MODEL_DIR", copy)
+    with pytest.raises(ModelNotFoundError, match="diffusion_pytorch_model.safetensors"):
+        load_pipeline(ModelSpec(source="toy"))

@@ -130,21 +130,28 @@ def _looks_like_path(source: str) -> bool:
 def _load_diffusers_folder(folder: Path, spec: ModelSpec, rebuild_hint: str | None = None):
     from diffusers import StableDiffusionPipeline
 
+    hint = f" Rebuild it with `{rebuild_hint}`." if rebuild_hint else ""
     if not (folder / "model_index.json").exists():
-        hint = f" Rebuild it with `{rebuild_hint}`." if rebuild_hint else ""
         raise ModelNotFoundError(
             f"{folder / 'model_index.json'} is missing: '{folder}' is not a diffusers model "
             f"folder.{hint}"
         )
     try:
-        return StableDiffusionPipeline.from_pretrained(
+        pipe = StableDiffusionPipeline.from_pretrained(
             folder, local_files_only=True, **_absent_components(folder)
         )
     except (OSError, ValueError) as error:
-        hint = f" Rebuild it with `{rebuild_hint}`." if rebuild_hint else ""
         raise ModelNotFoundError(
             f"could not load the model in '{folder}': {error}.{hint}"
         ) from error
+    # A tokenizer folder without its vocabulary loads as a 3-token tokenizer, silently.
+    expected = pipe.text_encoder.config.vocab_size
+    if len(pipe.tokenizer) != expected:
+        raise ModelNotFoundError(
+            f"{folder / 'tokenizer'}: the tokenizer has {len(pipe.tokenizer)} tokens but the text "
+            f"encoder expects {expected}; its vocabulary file is missing or corrupt.{hint}"
+        )
+    return pipe
 
 
 def _absent_components(folder: Path | None = None) -> dict:
