@@ -162,6 +162,10 @@ def missing_model_folder(config):
     config["model"]["source"] = "./models/not-downloaded"
 
 
+def prompt_outside_the_toy_world(config):
+    config["prompts"]["shapes"].append("a magenta circle")
+
+
 BAD_CONFIGS = {
     unknown_proxy: [
         "experiments.compressibility.objectives",
@@ -173,6 +177,7 @@ BAD_CONFIGS = {
     empty_prompt_list: ["shapes", "non-empty"],
     unknown_prompt_list: ["experiments.compressibility.prompts", "animals", "shapes"],
     missing_model_folder: ["model.source", "./models/not-downloaded"],
+    prompt_outside_the_toy_world: ["prompts.shapes", "magenta", "known colours"],
 }
 
 

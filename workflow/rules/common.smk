@@ -72,6 +72,8 @@ def check_config(config):
                 f"reward), got {len(experiment['objectives'])}; drop ddpo from "
                 f"experiments.{name}.methods or keep one objective"
             )
+    if config["model"]["source"] == "toy":
+        check_toy_prompts()
     source = config["model"]["source"]
     path = Path(source).expanduser()
     looks_like_path = (
@@ -83,6 +85,18 @@ def check_config(config):
             "folder, a hub id (e.g. stable-diffusion-v1-5/stable-diffusion-v1-5), or "
             "'tiny-random' / 'toy'"
         )
+
+
+def check_toy_prompts():
+    """The toy model knows only its world's words: name the list and the known words."""
+    from d3po.world import parse_prompt
+
+    for name, prompts in config["prompts"].items():
+        for prompt in prompts:
+            try:
+                parse_prompt(prompt)
+            except ValueError as error:
+                raise WorkflowError(f"prompts.{name}: {error}") from None
 
 
 REGISTERED_PROXIES = registered_proxy_names()
