@@ -30,6 +30,8 @@ EVALUATION_COLUMNS = [
     "mean",
     "std",
     "n",
+    "ci_low",
+    "ci_high",
 ]
 
 

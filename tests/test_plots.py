@@ -37,6 +37,8 @@ def test_collect_evaluation_means_over_images(tmp_path: Path) -> None:
     assert row["mean"] == pytest.approx(3.0)
     assert row["std"] == pytest.approx(np.std([1.0, 2.0, 6.0]))
     assert row["n"] == 3
+    half = 1.959964 * np.std([1.0, 2.0, 6.0], ddof=1) / np.sqrt(3)
+    assert (row["ci_low"], row["ci_high"]) == (pytest.approx(3 - half), pytest.approx(3 + half))
     row = table[table["method"] == "d3po"].iloc[0]
     assert (row["mean"], row["n"], row["samples_seen"]) == (pytest.approx(6.0), 2, 80)
     assert len(table) == 3
@@ -47,11 +49,12 @@ def _evaluation_table() -> pd.DataFrame:
     rows = []
     for proxy, base in (("jpeg", 10.0), ("aes", 5.0)):
         for seed in (0, 1):
-            rows.append(("jpeg", "base", seed, 0, 0, proxy, base + seed, 0.5, 4))
+            rows.append(("jpeg", "base", seed, 0, 0, proxy, base + seed, 0.5, 4, 0.0, 99.0))
             for epoch in (1, 2):
                 for method, gain in (("d3po", 3.0), ("ddpo", 1.0)):
                     value = base + seed + gain * epoch
-                    rows.append(("jpeg", method, seed, epoch, 16 * epoch, proxy, value, 0.5, 4))
+                    run = ("jpeg", method, seed, epoch, 16 * epoch)
+                    rows.append((*run, proxy, value, 0.5, 4, value - 1.0, value + 1.0))
     return pd.DataFrame(rows, columns=plots.EVALUATION_COLUMNS)
 
 

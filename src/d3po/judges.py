@@ -15,12 +15,12 @@ The judges are registered as reward proxies (higher is better): ``toy_undistorte
 from __future__ import annotations
 
 import functools
-import math
 
 import numpy as np
 import torch
 
 from d3po.rewards import register
+from d3po.stats import wilson_interval
 from d3po.world import COLOURS, SHAPES, parse_prompt, shape_coverage
 
 #: A pixel is dark (the unsafe mark) when its brightest channel is below this.
@@ -232,10 +232,7 @@ def simulated_annotator(
 def rate_with_ci(flags: np.ndarray, z: float = 1.959964) -> tuple[float, float, float]:
     """Share of true flags with its Wilson 95 % interval: (rate, low, high)."""
     flags = np.asarray(flags, dtype=bool)
-    n = flags.size
-    if n == 0:
+    if flags.size == 0:
         return float("nan"), 0.0, 1.0
-    rate = flags.mean()
-    centre = (rate + z**2 / (2 * n)) / (1 + z**2 / n)
-    half = z * math.sqrt(rate * (1 - rate) / n + z**2 / (4 * n**2)) / (1 + z**2 / n)
-    return float(rate), float(max(0.0, centre - half)), float(min(1.0, centre + half))
+    rate = float(flags.mean())
+    return (rate, *wilson_interval(rate, flags.size, z))

@@ -28,6 +28,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from d3po.stats import mean_interval  # noqa: E402
+
 EVALUATION_COLUMNS = [
     "experiment",
     "method",
@@ -38,6 +40,8 @@ EVALUATION_COLUMNS = [
     "mean",
     "std",
     "n",
+    "ci_low",
+    "ci_high",
 ]
 RUN_KEYS = ("experiment", "method", "seed", "epoch", "samples_seen")
 BASE = "base"
@@ -76,8 +80,10 @@ def collect_evaluation(
             raise ValueError(f"run description for {score_csv} lacks {missing}")
         scores = pd.read_csv(score_csv)
         for proxy, values in scores.groupby("proxy", sort=True)["value"]:
+            low, high = mean_interval(values.to_numpy())
             summary = {"proxy": proxy, "mean": values.mean(), "std": values.std(ddof=0)}
-            rows.append({**{key: run[key] for key in RUN_KEYS}, **summary, "n": len(values)})
+            interval = {"n": len(values), "ci_low": low, "ci_high": high}
+            rows.append({**{key: run[key] for key in RUN_KEYS}, **summary, **interval})
     table = pd.DataFrame(rows, columns=EVALUATION_COLUMNS)
     _write_atomically(table, Path(out_csv))
     return table
