@@ -3,6 +3,7 @@
     d3po sample   --settings JSON --out DIR [--adapter CHECKPOINT]   held-out sample set
     d3po score    --samples DIR --proxy NAME --out CSV [--options JSON]
     d3po train    --settings JSON --run-dir DIR --state-dir DIR       D3PO or DDPO, resumable
+                  [--samples DIR --judgements JSONL]                 D3PO on human judgements
     d3po collect  --runs JSON --out CSV                               evaluation table
     d3po plot-curves  --evaluation CSV --out PNG [--metrics LABEL=CSV ...]
     d3po plot-samples --before DIR --after LABEL=DIR ... --out PNG
@@ -44,7 +45,9 @@ def cmd_sample(args: argparse.Namespace) -> None:
     from d3po.evaluate import write_samples
 
     settings = parse(SampleSettings, args.settings)
-    manifest = write_samples(settings, args.out, adapter=args.adapter)
+    manifest = write_samples(
+        settings, args.out, adapter=args.adapter, keep_trajectories=args.trajectories
+    )
     print(f"wrote {len(manifest)} images to {args.out}")
 
 
@@ -60,7 +63,14 @@ def cmd_train(args: argparse.Namespace) -> None:
     from d3po.train import train
 
     settings = parse(TrainSettings, args.settings)
-    train(settings, args.run_dir, args.state_dir)
+    labelled = None
+    if args.samples or args.judgements:
+        from d3po.feedback import load_labelled
+
+        if not (args.samples and args.judgements):
+            raise ValueError("--samples and --judgements go together (a judged sample set)")
+        labelled = load_labelled(args.samples, args.judgements)
+    train(settings, args.run_dir, args.state_dir, labelled=labelled)
 
 
 def cmd_collect(args: argparse.Namespace) -> None:
@@ -121,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--settings", type=_json, required=True)
     sample.add_argument("--out", type=Path, required=True)
     sample.add_argument("--adapter", type=Path, help="a LoRA checkpoint folder")
+    sample.add_argument(
+        "--trajectories", action="store_true", help="also keep every step (to train on judgements)"
+    )
     sample.set_defaults(run=cmd_sample)
 
     score = steps.add_parser("score", help="score a sample set with one proxy")
@@ -134,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--settings", type=_json, required=True)
     train.add_argument("--run-dir", type=Path, required=True)
     train.add_argument("--state-dir", type=Path, required=True)
+    train.add_argument("--samples", type=Path, help="a sample set made with --trajectories")
+    train.add_argument("--judgements", type=Path, help="JSON Lines judgements on --samples")
     train.set_defaults(run=cmd_train)
 
     collect = steps.add_parser("collect", help="summarise score files into an evaluation table")

@@ -19,7 +19,7 @@ from PIL import Image
 
 from d3po.config import SampleSettings
 from d3po.models import load_lora, load_pipeline
-from d3po.sampling import sample
+from d3po.sampling import Trajectories, concatenate, sample, save_trajectories
 
 
 def evaluation_seeds(seed: int, count: int) -> list[int]:
@@ -28,27 +28,43 @@ def evaluation_seeds(seed: int, count: int) -> list[int]:
 
 
 def write_samples(
-    settings: SampleSettings, out_dir: Path, adapter: Path | None = None, device: str | None = None
+    settings: SampleSettings,
+    out_dir: Path,
+    adapter: Path | None = None,
+    device: str | None = None,
+    keep_trajectories: bool = False,
 ) -> pd.DataFrame:
-    """Sample every prompt K times (one initial noise per prompt) and write a sample set."""
+    """Sample every prompt K times (one initial noise per prompt) and write a sample set.
+
+    With ``keep_trajectories`` the set also holds ``trajectories.pt`` (every latent of every
+    step), so that D3PO can later train on judgements of these very images (d3po.feedback).
+    """
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     pipe = load_pipeline(settings.model, device)
     if adapter is not None:
         load_lora(pipe, adapter)
     prompts = list(settings.prompts)
     seeds = evaluation_seeds(settings.seed, len(prompts))
-    images = []
+    parts = []
     for start in range(0, len(prompts), settings.sampler.batch_size):
         batch = slice(start, start + settings.sampler.batch_size)
-        trajectories = sample(
-            pipe, prompts[batch], settings.images_per_prompt, seeds[batch], settings.sampler
+        parts.append(
+            sample(pipe, prompts[batch], settings.images_per_prompt, seeds[batch], settings.sampler)
         )
-        images.append(trajectories.images)
-    return _write_sample_set(torch.cat(images), prompts, seeds, settings.images_per_prompt, out_dir)
+    trajectories = concatenate(parts)
+    extra = {"trajectories.pt": trajectories} if keep_trajectories else {}
+    return _write_sample_set(
+        trajectories.images, prompts, seeds, settings.images_per_prompt, out_dir, extra
+    )
 
 
 def _write_sample_set(
-    images: torch.Tensor, prompts: list[str], seeds: list[int], k: int, out_dir: Path
+    images: torch.Tensor,
+    prompts: list[str],
+    seeds: list[int],
+    k: int,
+    out_dir: Path,
+    trajectories: dict[str, Trajectories],
 ) -> pd.DataFrame:
     """PNGs + manifest, written to a temporary folder and renamed into place when complete."""
     staging = out_dir.with_name(out_dir.name + ".partial")
@@ -71,6 +87,8 @@ def _write_sample_set(
         )
     manifest = pd.DataFrame(rows)
     manifest.to_csv(staging / "manifest.csv", index=False)
+    for name, value in trajectories.items():
+        save_trajectories(value, staging / name)
     if out_dir.exists():
         shutil.rmtree(out_dir)
     os.replace(staging, out_dir)

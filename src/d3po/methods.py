@@ -85,9 +85,16 @@ class D3PO:
         self.fraction = settings.training.timestep_fraction
 
     def prepare(
-        self, trajectories: Trajectories, scores: np.ndarray, generator: torch.Generator
+        self,
+        trajectories: Trajectories,
+        scores: np.ndarray | None,
+        generator: torch.Generator,
+        pairs: torch.Tensor | None = None,
     ) -> Items:
-        pairs = torch.as_tensor(preference_pairs(trajectories.groups.numpy(), scores)).long()
+        """Items of all preference pairs: given by people (``pairs``), or by Pareto dominance
+        of the proxy ``scores`` among the images of each group."""
+        if pairs is None:
+            pairs = torch.as_tensor(preference_pairs(trajectories.groups.numpy(), scores)).long()
         pairs = pairs.reshape(-1, 2)  # (P, 2): winner, loser
         unit, step = trained_steps(len(pairs), trajectories.num_steps, self.fraction, generator)
         winner, loser = pairs[unit, 0], pairs[unit, 1]
@@ -131,7 +138,11 @@ class DDPO:
         self.tracker = PerPromptStatTracker(self.spec.buffer_size, self.spec.min_count)
 
     def prepare(
-        self, trajectories: Trajectories, scores: np.ndarray, generator: torch.Generator
+        self,
+        trajectories: Trajectories,
+        scores: np.ndarray,
+        generator: torch.Generator,
+        pairs: None = None,
     ) -> Items:
         advantages = self.tracker.advantages(trajectories.prompts, scores[:, 0])
         advantages = np.clip(advantages, -self.spec.adv_clip_max, self.spec.adv_clip_max)

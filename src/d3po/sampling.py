@@ -16,8 +16,10 @@ of recorded steps under the current weights (policy, or reference with the adapt
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
@@ -300,6 +302,8 @@ def step_log_probs(
     batch. Gradients flow when enabled: this is the training forward pass. Call it inside
     ``models.reference_policy(unet)`` and ``torch.no_grad()`` for the reference model.
     """
+    if scheduler.num_inference_steps != spec.num_steps:  # e.g. training on saved trajectories
+        scheduler.set_timesteps(spec.num_steps)
     latents = trajectories.latents
     device = latents.device
     sample_index, step_index = sample_index.to(device), step_index.to(device)
@@ -317,3 +321,49 @@ def step_log_probs(
     return ddim_step(
         scheduler, noise_pred, timestep, x_t, spec.eta, prev_sample=x_prev, reduction=reduction
     ).log_prob
+
+
+def concatenate(parts: list[Trajectories]) -> Trajectories:
+    """One batch from several sampled one after the other (groups renumbered to stay apart)."""
+    offsets = [0]
+    for part in parts[:-1]:
+        offsets.append(offsets[-1] + int(part.groups.max()) + 1)
+
+    def joined(name: str) -> torch.Tensor | None:
+        values = [getattr(part, name) for part in parts]
+        return None if values[0] is None else torch.cat(values)
+
+    return Trajectories(
+        prompts=[prompt for part in parts for prompt in part.prompts],
+        groups=torch.cat(
+            [part.groups + offset for part, offset in zip(parts, offsets, strict=True)]
+        ),
+        timesteps=parts[0].timesteps,
+        negative_embeds=parts[0].negative_embeds,
+        **{
+            name: joined(name)
+            for name in (
+                "seeds",
+                "latents",
+                "log_probs",
+                "prompt_embeds",
+                "images",
+                "reference_log_probs",
+            )
+        },
+    )
+
+
+def save_trajectories(trajectories: Trajectories, path: Path) -> None:
+    """Everything needed to train on these samples later (e.g. after people judged them)."""
+    fields = {f.name: getattr(trajectories, f.name) for f in dataclasses.fields(trajectories)}
+    torch.save({k: v.cpu() if torch.is_tensor(v) else v for k, v in fields.items()}, path)
+
+
+def load_trajectories(path: Path, device: torch.device | str = "cpu") -> Trajectories:
+    if not Path(path).is_file():
+        raise FileNotFoundError(
+            f"{path} is missing: sample the set with `d3po sample --trajectories` to train on it"
+        )
+    fields = torch.load(path, map_location=device, weights_only=True)
+    return Trajectories(**fields)

@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 
 from d3po import rewards
 from d3po.config import StateError, TrainSettings
+from d3po.feedback import LabelledSamples
 from d3po.methods import Items, make_method
 from d3po.models import add_lora, load_lora_state, load_pipeline, reference_policy, save_lora
 from d3po.sampling import Trajectories, sample, step_log_probs
@@ -43,8 +44,18 @@ from d3po.sampling import Trajectories, sample, step_log_probs
 class Trainer:
     """One training run: a pipeline with a LoRA adapter, an optimizer and a method."""
 
-    def __init__(self, settings: TrainSettings, accelerator: Accelerator | None = None) -> None:
+    def __init__(
+        self,
+        settings: TrainSettings,
+        accelerator: Accelerator | None = None,
+        labelled: LabelledSamples | None = None,
+    ) -> None:
+        if labelled is not None and settings.method != "d3po":
+            raise ValueError(
+                f"method: human judgements train D3PO only; {settings.method} needs scalar rewards"
+            )
         self.settings = settings
+        self.labelled = labelled
         self.training = settings.training
         self.accelerator = accelerator or make_accelerator(settings.training.mixed_precision)
         self.pipe = load_pipeline(settings.model, self.accelerator.device)
@@ -70,16 +81,19 @@ class Trainer:
         """Sample, judge and update once; return the epoch's metrics row."""
         self.epoch += 1
         start = time.perf_counter()
-        trajectories = self.collect(self.epoch)
-        scores = self.score(trajectories)  # (B, objectives)
+        if self.labelled is None:  # online: sample with the current policy, judge by proxy
+            trajectories = self.collect(self.epoch)
+            scores, pairs = self.score(trajectories), None  # (B, objectives)
+        else:  # a judged sample set: the same pairs every epoch
+            trajectories, scores, pairs = self.judged_samples(), None, self.labelled.pairs
         generator = torch.Generator().manual_seed(_derive_seed(self.settings.seed, self.epoch, 1))
-        items = self.method.prepare(trajectories, scores, generator)
+        items = self.method.prepare(trajectories, scores, generator, pairs=pairs)
         update = self.update(items, trajectories, generator)
         row = {
             "epoch": self.epoch,
             "samples_seen": self.epoch * len(trajectories.prompts),
-            "reward_mean": float(scores[:, 0].mean()),
-            "reward_std": float(scores[:, 0].std()),
+            "reward_mean": float("nan") if scores is None else float(scores[:, 0].mean()),
+            "reward_std": float("nan") if scores is None else float(scores[:, 0].std()),
             "units": items.num_units,
             **update,
             "seconds": time.perf_counter() - start,
@@ -125,6 +139,26 @@ class Trainer:
         if self.method.needs_reference:
             trajectories.reference_log_probs = self.reference_log_probs(trajectories)
         return gather_trajectories(trajectories, self.accelerator) if world > 1 else trajectories
+
+    def judged_samples(self) -> Trajectories:
+        """The labelled set on this device, with its reference log-probs (computed once)."""
+        trajectories = self.labelled.trajectories
+        if trajectories.num_steps != self.settings.sampler.num_steps:
+            raise ValueError(
+                f"sampler.num_steps={self.settings.sampler.num_steps} but the judged samples "
+                f"were made with {trajectories.num_steps}; use the sampler they were made with"
+            )
+        if trajectories.reference_log_probs is None:
+            device = self.accelerator.device
+            trajectories = dataclasses.replace(
+                trajectories,
+                latents=trajectories.latents.to(device),
+                prompt_embeds=trajectories.prompt_embeds.to(device),
+                negative_embeds=trajectories.negative_embeds.to(device),
+            )
+            trajectories.reference_log_probs = self.reference_log_probs(trajectories)
+            self.labelled.trajectories = trajectories
+        return trajectories
 
     def score(self, trajectories: Trajectories) -> np.ndarray:
         columns = [
@@ -215,6 +249,14 @@ class Trainer:
             "method": self.method.state_dict() if hasattr(self.method, "state_dict") else {},
         }
 
+    def fingerprint(self) -> str:
+        """The settings (and judged pairs) a saved state must match; more epochs may be asked."""
+        fields = asdict(self.settings)
+        del fields["training"]["epochs"]
+        if self.labelled is not None:
+            fields["judged_pairs"] = self.labelled.fingerprint()
+        return json.dumps(fields, sort_keys=True, default=str)
+
     def load_state_dict(self, state: dict) -> None:
         self.epoch = state["epoch"]
         self.optimizer.load_state_dict(state["optimizer"])
@@ -274,13 +316,20 @@ def _averages(totals: dict[str, float]) -> dict[str, float]:
 # ---------------------------------------------------------------------- the run on disk
 
 
-def train(settings: TrainSettings, run_dir: Path, state_dir: Path) -> Trainer:
+def train(
+    settings: TrainSettings,
+    run_dir: Path,
+    state_dir: Path,
+    labelled: LabelledSamples | None = None,
+) -> Trainer:
     """Train to the last epoch, resuming from ``state_dir`` when it holds a saved state.
+
+    Online (sample and judge by proxy every epoch), or on a judged sample set (``labelled``).
 
     With several processes every one resumes, trains and reaches each save together; the main
     process writes the files while the others wait at the barrier (no collective inside).
     """
-    trainer = Trainer(settings)
+    trainer = Trainer(settings, labelled=labelled)
     accelerator = trainer.accelerator
     resume(trainer, state_dir)
     epochs = settings.training.epochs
@@ -305,13 +354,6 @@ def train(settings: TrainSettings, run_dir: Path, state_dir: Path) -> Trainer:
     return trainer
 
 
-def settings_fingerprint(settings: TrainSettings) -> str:
-    """The settings a saved state must match to be resumed; more epochs may be asked for."""
-    fields = asdict(settings)
-    del fields["training"]["epochs"]
-    return json.dumps(fields, sort_keys=True, default=str)
-
-
 def save_state(trainer: Trainer, state_dir: Path) -> None:
     """Checkpoint the adapter and atomically replace ``state_dir/latest``."""
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -323,7 +365,7 @@ def save_state(trainer: Trainer, state_dir: Path) -> None:
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(checkpoint, staging)
     torch.save(trainer.state_dict(), staging / "trainer.pt")
-    (staging / "settings.json").write_text(settings_fingerprint(trainer.settings))
+    (staging / "settings.json").write_text(trainer.fingerprint())
     previous = state_dir / "latest.old"
     shutil.rmtree(previous, ignore_errors=True)
     latest = state_dir / "latest"
@@ -341,7 +383,7 @@ def resume(trainer: Trainer, state_dir: Path) -> None:
     else:
         return
     saved = (candidate / "settings.json").read_text()
-    if saved != settings_fingerprint(trainer.settings):
+    if saved != trainer.fingerprint():
         raise StateError(
             f"{candidate} was written by a run with other settings; it is left as it is. "
             "Delete that state folder to start afresh, or restore the settings it was made with."
