@@ -9,6 +9,7 @@ import torch
 from d3po.config import SamplerSpec, SampleSettings, TrainingSpec, TrainSettings
 from d3po.evaluate import write_samples
 from d3po.feedback import load_labelled
+from d3po.models import ModelSpec
 from d3po.preferences import append_judgement
 from d3po.train import Trainer, train
 
@@ -103,3 +104,33 @@ def test_a_set_without_trajectories_says_how_to_make_one(judged_set):
     (samples / "trajectories.pt").unlink()
     with pytest.raises(FileNotFoundError, match="--trajectories"):
         load_labelled(samples, judgements)
+
+
+def test_the_simulated_annotator_writes_judgements_the_judges_agree_with(tmp_path):
+    from d3po.feedback import simulate_judgements
+    from d3po.judges import toy_safe
+    from d3po.preferences import read_judgements
+    from d3po.rewards import load_images
+
+    samples = tmp_path / "toy"
+    write_samples(
+        SampleSettings(
+            prompts=("a red circle", "a blue square", "a green cross"),
+            images_per_prompt=4,
+            seed=3,
+            model=ModelSpec(source="toy"),
+            sampler=SamplerSpec(num_steps=10, guidance_scale=3.0),
+        ),
+        samples,
+        keep_trajectories=True,
+    )
+    labels = tmp_path / "labels.jsonl"
+    assert simulate_judgements(samples, "safe", labels) == 3 * 6  # every pair of each prompt
+    judgements = read_judgements(labels)
+    manifest = pd.read_csv(samples / "manifest.csv", dtype={"id": str})
+    images = load_images([samples / path for path in manifest["path"]])
+    safe = dict(zip(manifest["id"], toy_safe(images, list(manifest["prompt"])), strict=True))
+    assert {"a", "b", "tie"} & set(judgements["winner"]) - {"tie"}  # some pairs are decided
+    for row in judgements.itertuples():
+        expected = "tie" if safe[row.a] == safe[row.b] else ("a" if safe[row.a] else "b")
+        assert row.winner == expected

@@ -4,6 +4,7 @@
     d3po score    --samples DIR --proxy NAME --out CSV [--options JSON]
     d3po train    --settings JSON --run-dir DIR --state-dir DIR       D3PO or DDPO, resumable
                   [--samples DIR --judgements JSONL]                 D3PO on human judgements
+    d3po annotate --samples DIR --criterion NAME --out JSONL          toy world's annotator
     d3po collect  --runs JSON --out CSV                               evaluation table
     d3po plot-curves  --evaluation CSV --out PNG [--metrics LABEL=CSV ...]
     d3po plot-samples --before DIR --after LABEL=DIR ... --out PNG
@@ -71,6 +72,13 @@ def cmd_train(args: argparse.Namespace) -> None:
             raise ValueError("--samples and --judgements go together (a judged sample set)")
         labelled = load_labelled(args.samples, args.judgements)
     train(settings, args.run_dir, args.state_dir, labelled=labelled)
+
+
+def cmd_annotate(args: argparse.Namespace) -> None:
+    from d3po.feedback import simulate_judgements
+
+    count = simulate_judgements(args.samples, args.criterion, args.out, args.annotator)
+    print(f"appended {count} judgements ({args.criterion}) to {args.out}")
 
 
 def cmd_collect(args: argparse.Namespace) -> None:
@@ -150,6 +158,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--samples", type=Path, help="a sample set made with --trajectories")
     train.add_argument("--judgements", type=Path, help="JSON Lines judgements on --samples")
     train.set_defaults(run=cmd_train)
+
+    annotate = steps.add_parser("annotate", help="toy world: the simulated annotator judges")
+    annotate.add_argument("--samples", type=Path, required=True)
+    annotate.add_argument("--criterion", required=True, help="undistorted, safe or aligned")
+    annotate.add_argument("--out", type=Path, required=True, help="JSON Lines, appended to")
+    annotate.add_argument("--annotator", default="simulated")
+    annotate.set_defaults(run=cmd_annotate)
 
     collect = steps.add_parser("collect", help="summarise score files into an evaluation table")
     collect.add_argument("--runs", type=_json, required=True)

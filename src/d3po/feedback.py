@@ -50,3 +50,42 @@ def load_labelled(samples_dir: Path, judgements_path: Path) -> LabelledSamples:
             "nothing to train on"
         )
     return LabelledSamples(trajectories, pairs)
+
+
+def simulate_judgements(
+    samples_dir: Path, criterion: str, out: Path, annotator: str = "simulated"
+) -> int:
+    """The toy world's simulated annotator judges every pair of images of each prompt.
+
+    Writes the same JSON Lines a person's labelling produces (ties included), appending to
+    ``out``; returns the number of judgements written.
+    """
+    from datetime import datetime, timezone
+
+    from d3po.judges import simulated_annotator
+    from d3po.preferences import append_judgement
+    from d3po.rewards import load_images
+
+    manifest = read_manifest(samples_dir)
+    images = load_images([Path(samples_dir) / path for path in manifest["path"]])
+    first, second = [], []
+    for _, group in manifest.groupby("group", sort=True):
+        rows = list(group.index)
+        for i, a in enumerate(rows):
+            for b in rows[i + 1 :]:
+                first.append(a)
+                second.append(b)
+    prompts = [str(manifest["prompt"][a]) for a in first]
+    winners = simulated_annotator(images[first], images[second], prompts, criterion)
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    for a, b, prompt, winner in zip(first, second, prompts, winners, strict=True):
+        judgement = {
+            "prompt": prompt,
+            "a": str(manifest["id"][a]),
+            "b": str(manifest["id"][b]),
+            "winner": str(winner),
+            "annotator": annotator,
+            "time": now,
+        }
+        append_judgement(out, judgement)
+    return len(first)
