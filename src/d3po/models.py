@@ -225,24 +225,11 @@ def build_tokenizer(words: tuple[str, ...] = TINY_VOCABULARY, max_length: int = 
 
 def build_tiny_pipeline(seed: int = 0, sample_size: int = 16):
     """The embedded pixel-space text-to-image model, with random weights drawn from ``seed``."""
-    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from diffusers import DDIMScheduler, UNet2DConditionModel
 
     tokenizer = build_tokenizer()
     torch.manual_seed(seed)
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=tokenizer.model_max_length,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    )
+    text_encoder = _random_text_encoder(tokenizer, width=64, layers=2, heads=4, mlp_width=128)
     unet = UNet2DConditionModel(
         sample_size=sample_size,
         in_channels=3,
@@ -263,16 +250,7 @@ def build_tiny_pipeline(seed: int = 0, sample_size: int = 16):
         steps_offset=1,
         prediction_type="epsilon",
     )
-    return StableDiffusionPipeline(
-        vae=None,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    return _pipeline_without_vae(tokenizer, text_encoder, unet, scheduler)
 
 
 def build_sd15_shaped_pipeline(seed: int = 0):
@@ -281,24 +259,11 @@ def build_sd15_shaped_pipeline(seed: int = 0):
     860 M parameters, 4x64x64 latents (512 px). The VAE is left out (latents are not decoded)
     and a one-layer 768-wide text encoder stands in for CLIP ViT-L: the UNet is the cost.
     """
-    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from diffusers import DDIMScheduler, UNet2DConditionModel
 
     tokenizer = build_tokenizer(max_length=77)
     torch.manual_seed(seed)
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=768,
-            intermediate_size=3072,
-            num_hidden_layers=1,
-            num_attention_heads=12,
-            max_position_embeddings=77,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    )
+    text_encoder = _random_text_encoder(tokenizer, width=768, layers=1, heads=12, mlp_width=3072)
     unet = UNet2DConditionModel(
         sample_size=64,
         in_channels=4,
@@ -319,6 +284,30 @@ def build_sd15_shaped_pipeline(seed: int = 0):
         set_alpha_to_one=False,
         steps_offset=1,
     )
+    return _pipeline_without_vae(tokenizer, text_encoder, unet, scheduler)
+
+
+def _random_text_encoder(tokenizer, width: int, layers: int, heads: int, mlp_width: int):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    return CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=width,
+            intermediate_size=mlp_width,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            max_position_embeddings=tokenizer.model_max_length,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+
+
+def _pipeline_without_vae(tokenizer, text_encoder, unet, scheduler):
+    from diffusers import StableDiffusionPipeline
+
     return StableDiffusionPipeline(
         vae=None,
         text_encoder=text_encoder,
