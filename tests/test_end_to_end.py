@@ -35,6 +35,20 @@ EVALUATION_COLUMNS = [
 ]
 
 
+# The judged experiment's set: 2 prompts x 2 images, ids GROUP_IMAGE; two annotators agree on
+# the first prompt, and split on the second (a tie of votes: no pair).
+JUDGEMENTS = "".join(
+    f'{{"prompt": "{prompt}", "a": "{a}", "b": "{b}", "winner": "{winner}", '
+    f'"annotator": "{annotator}", "time": "2026-11-28T12:00:00"}}\n'
+    for prompt, a, b, winner, annotator in [
+        ("a red circle", "0000_00", "0000_01", "b", "ann"),
+        ("a red circle", "0000_00", "0000_01", "b", "bob"),
+        ("a blue square", "0001_00", "0001_01", "a", "ann"),
+        ("a blue square", "0001_00", "0001_01", "b", "bob"),
+    ]
+)
+
+
 @pytest.fixture(scope="module")
 def results(tmp_path_factory) -> Path:
     """Run the workflow once for all the tests of this module; return its results/ folder."""
@@ -44,6 +58,7 @@ def results(tmp_path_factory) -> Path:
         copy = shutil.copytree if source.is_dir() else shutil.copy
         copy(source, workdir / part)
     shutil.copy(TINY, workdir / "tiny.yaml")
+    (workdir / "labels.jsonl").write_text(JUDGEMENTS)
     bin_dir = str(Path(sys.executable).parent)
     env = os.environ | {"PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
     command = [
@@ -152,3 +167,14 @@ def test_logs_and_benchmarks_are_written(results: Path):
     assert (results / "benchmarks/sample_baseline.tsv").exists()
     for method in METHODS:
         assert (results / f"logs/train/compressibility/{method}/seed0.log").exists()
+
+
+def test_the_judged_round_trains_on_the_judgements(results: Path):
+    manifest = pd.read_csv(results / "feedback/judged/samples/manifest.csv", dtype={"id": str})
+    assert list(manifest["id"]) == ["0000_00", "0000_01", "0001_00", "0001_01"]
+    assert (results / "feedback/judged/samples/trajectories.pt").stat().st_size > 0
+    metrics = pd.read_csv(results / "train/judged/d3po/seed0/metrics.csv")
+    assert list(metrics["epoch"]) == list(EPOCHS)
+    assert (metrics["units"] == 1).all()  # one decided pair; the split vote is no pair
+    evaluation = pd.read_csv(results / "judged/evaluation.csv")
+    assert set(evaluation["method"]) == {"base", "d3po"}

@@ -114,7 +114,11 @@ def test_dry_run_of_every_config(workdir: Path, config_file: Path):
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     counts = job_counts(output)
-    assert set(counts) == EXPECTED_RULES, counts
+    judged = [e for e in config["experiments"].values() if e.get("judgements")]
+    simulated = [e for e in judged if e["judgements"].get("simulate")]
+    expected = EXPECTED_RULES | ({"sample_for_judging"} if judged else set())
+    assert set(counts) == expected | ({"simulate_judgements"} if simulated else set()), counts
+    assert counts.get("sample_for_judging", 0) == len(judged)
     assert counts["train"] == expected_train_jobs(config)
     assert counts["sample_baseline"] == 1
     assert not (workdir / "results").exists()
@@ -162,6 +166,17 @@ def missing_model_folder(config):
     config["model"]["source"] = "./models/not-downloaded"
 
 
+def judged_ddpo(config):
+    config["experiments"]["safety_judged"]["methods"] = ["d3po", "ddpo"]
+
+
+def judgements_file_missing(config):
+    config["experiments"]["safety_judged"]["judgements"] = {
+        "prompts": "shapes",
+        "file": "labels/round1.jsonl",
+    }
+
+
 def prompt_outside_the_toy_world(config):
     config["prompts"]["shapes"].append("a magenta circle")
 
@@ -178,6 +193,8 @@ BAD_CONFIGS = {
     unknown_prompt_list: ["experiments.compressibility.prompts", "animals", "shapes"],
     missing_model_folder: ["model.source", "./models/not-downloaded"],
     prompt_outside_the_toy_world: ["prompts.shapes", "magenta", "known colours"],
+    judged_ddpo: ["experiments.safety_judged.methods", "D3PO only"],
+    judgements_file_missing: ["judgements.file", "labels/round1.jsonl", "feedback/safety_judged"],
 }
 
 

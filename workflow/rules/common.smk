@@ -66,6 +66,8 @@ def check_config(config):
     for name, experiment in config["experiments"].items():
         check_prompt_list(f"experiments.{name}.prompts", experiment["prompts"])
         check_proxies(f"experiments.{name}.objectives", experiment["objectives"])
+        if experiment.get("judgements"):
+            check_judged_experiment(name, experiment)
         if "ddpo" in experiment["methods"] and len(experiment["objectives"]) != 1:
             raise WorkflowError(
                 f"experiments.{name}.objectives: DDPO needs exactly one objective (a scalar "
@@ -84,6 +86,31 @@ def check_config(config):
             f"model.source: folder '{source}' does not exist; point it at a diffusers model "
             "folder, a hub id (e.g. stable-diffusion-v1-5/stable-diffusion-v1-5), or "
             "'tiny-random' / 'toy'"
+        )
+
+
+def check_judged_experiment(name, experiment):
+    """A human-feedback round trains D3PO on one judged set: say what is missing."""
+    field = f"experiments.{name}"
+    judgements = experiment["judgements"]
+    if experiment["methods"] != ["d3po"]:
+        raise WorkflowError(
+            f"{field}.methods: a judged experiment trains D3PO only (DDPO needs scalar "
+            f"rewards); set methods: [d3po]"
+        )
+    if judgements["prompts"] not in config["prompts"]:
+        raise WorkflowError(
+            f"{field}.judgements.prompts: unknown prompt list '{judgements['prompts']}'"
+        )
+    if bool(judgements["file"]) == bool(judgements["simulate"]):
+        raise WorkflowError(
+            f"{field}.judgements: set exactly one of 'file' (people's JSON Lines) and "
+            "'simulate' (the toy world's annotator)"
+        )
+    if judgements["file"] and not Path(judgements["file"]).is_file():
+        raise WorkflowError(
+            f"{field}.judgements.file: '{judgements['file']}' does not exist; sample the set "
+            f"to judge with `snakemake {RESULTS}/feedback/{name}/samples` first"
         )
 
 
@@ -151,6 +178,34 @@ def sample_settings(wildcards=None):
     }
 
 
+def judging_sample_settings(wildcards):
+    """`d3po sample --settings` for the set a judged experiment's people compare."""
+    judgements = config["experiments"][wildcards.experiment]["judgements"]
+    return model_settings() | {
+        "prompts": config["prompts"][judgements["prompts"]],
+        "images_per_prompt": judgements["images_per_prompt"],
+        "seed": judgements["seed"],
+    }
+
+
+def judged_inputs(wildcards):
+    """Extra inputs of a judged experiment's training: the set and its judgements."""
+    judgements = config["experiments"][wildcards.experiment].get("judgements")
+    if not judgements:
+        return {}
+    folder = f"{RESULTS}/feedback/{wildcards.experiment}"
+    return {
+        "samples": f"{folder}/samples",
+        "judgements": judgements["file"] or f"{folder}/simulated.jsonl",
+    }
+
+
+def judged_arguments(wildcards, input):
+    if "judgements" not in input.keys():
+        return ""
+    return f"--samples {input.samples} --judgements {input.judgements}"
+
+
 def as_json(function):
     """A params function that renders ``function(wildcards)`` as one-line JSON."""
     return lambda wildcards: json.dumps(function(wildcards), separators=(",", ":"))
@@ -183,6 +238,10 @@ def evaluation_runs(experiment):
     """`d3po collect --runs`: the base model and every checkpoint of every method and seed."""
     training = experiment_training(experiment)
     images_per_epoch = training["prompts_per_epoch"] * training["images_per_prompt"]
+    judgements = config["experiments"][experiment].get("judgements")
+    if judgements:  # one pass over the judged set per epoch
+        prompts = config["prompts"][judgements["prompts"]]
+        images_per_epoch = len(prompts) * judgements["images_per_prompt"]
     runs = [
         {
             "experiment": experiment,
