@@ -82,19 +82,15 @@ def load_pipeline(spec: ModelSpec, device: torch.device | str = "cpu"):
     # Pixel-space models clip the predicted x_0 to [-1, 1] on purpose; diffusers' pipeline
     # warns about clip_sample=True as if it were a latent model's misconfiguration.
     warnings.filterwarnings("ignore", message="(?s).*clip_sample", category=FutureWarning)
+    check_source(spec.source)
     if spec.source == "tiny-random":
         pipe = build_tiny_pipeline(seed=spec.seed)
     elif spec.source == "sd15-random":
         pipe = build_sd15_shaped_pipeline(seed=spec.seed)
     elif spec.source == "toy":
         pipe = _load_diffusers_folder(TOY_MODEL_DIR, spec, rebuild_hint="d3po pretrain-toy")
-    elif Path(spec.source).exists():
-        pipe = _load_diffusers_folder(Path(spec.source), spec)
-    elif _looks_like_path(spec.source):
-        raise ModelNotFoundError(
-            f"model.source: folder '{spec.source}' does not exist. Point it at a diffusers model "
-            "folder (with model_index.json), a hub id, or one of: " + ", ".join(EMBEDDED_MODELS)
-        )
+    elif Path(spec.source).expanduser().exists():
+        pipe = _load_diffusers_folder(Path(spec.source).expanduser(), spec)
     else:
         pipe = _load_from_hub(spec)
     # Sampling is always DDIM (the D3PO/DDPO policy is a stochastic DDIM step).
@@ -122,9 +118,19 @@ def torch_dtype(name: str) -> torch.dtype:
     return dtypes[name]
 
 
-def _looks_like_path(source: str) -> bool:
-    """A hub id is 'name' or 'owner/name'; anything else with a slash is a folder."""
-    return source.startswith((".", "/", "~")) or source.count("/") > 1
+def check_source(source: str) -> None:
+    """Fail early, naming the field, when ``source`` names a local folder that is not there.
+
+    A hub id is 'name' or 'owner/name'; a source starting with '.', '/' or '~', or with more
+    than one slash, is a folder.
+    """
+    if source in EMBEDDED_MODELS or Path(source).expanduser().exists():
+        return
+    if source.startswith((".", "/", "~")) or source.count("/") > 1:
+        raise ModelNotFoundError(
+            f"model.source: folder '{source}' does not exist. Point it at a diffusers model "
+            "folder (with model_index.json), a hub id, or one of: " + ", ".join(EMBEDDED_MODELS)
+        )
 
 
 def _load_diffusers_folder(folder: Path, spec: ModelSpec, rebuild_hint: str | None = None):

@@ -76,17 +76,12 @@ def check_config(config):
             )
     if config["model"]["source"] == "toy":
         check_toy_prompts()
-    source = config["model"]["source"]
-    path = Path(source).expanduser()
-    looks_like_path = (
-        path.is_absolute() or source.startswith(".") or len(path.parts) > 2
-    )
-    if looks_like_path and not Path(source).expanduser().exists():
-        raise WorkflowError(
-            f"model.source: folder '{source}' does not exist; point it at a diffusers model "
-            "folder, a hub id (e.g. stable-diffusion-v1-5/stable-diffusion-v1-5), or "
-            "'tiny-random' / 'toy'"
-        )
+    from d3po.models import ModelNotFoundError, check_source
+
+    try:
+        check_source(config["model"]["source"])
+    except ModelNotFoundError as error:
+        raise WorkflowError(str(error)) from None
 
 
 def check_judged_experiment(name, experiment):
