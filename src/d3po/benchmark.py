@@ -1,6 +1,6 @@
 """Throughput and memory of one D3PO epoch, and a smoke check of what a (GPU) job sees.
 
-    d3po benchmark [--model tiny-random|sd15-random|FOLDER] [--pairs N] [--steps T] ...
+    d3po benchmark [--model tiny-random|sd15-random|toy|FOLDER] [--prompts N] [--steps T] ...
     d3po gpu-smoke
 
 The benchmark runs the real training pieces (sampler, reference pass with the adapter off,
@@ -67,12 +67,9 @@ def benchmark_settings(args: argparse.Namespace) -> TrainSettings:
 def timed_epoch(trainer, rng: np.random.Generator) -> dict[str, float]:
     """One D3PO epoch with a coin for the judge, timing its three phases."""
     synchronize = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
-    prompts, seeds = trainer.epoch_prompts(trainer.epoch + 1)
     trainer.epoch += 1
     start = time.perf_counter()
-    trajectories = sample(
-        trainer.pipe, prompts, trainer.training.images_per_prompt, seeds, trainer.settings.sampler
-    )
+    trajectories = trainer.sample_share(trainer.epoch)  # the training loop's own sampling call
     synchronize()
     sampled = time.perf_counter()
     trajectories.reference_log_probs = trainer.reference_log_probs(trajectories)

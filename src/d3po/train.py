@@ -116,6 +116,15 @@ class Trainer:
         Every process ends with the same trajectories (all prompts), so every process builds
         the same training items; the update then splits each optimizer step's items.
         """
+        trajectories = self.sample_share(epoch)
+        if self.method.needs_reference:
+            trajectories.reference_log_probs = self.reference_log_probs(trajectories)
+        world = self.accelerator.num_processes
+        return gather_trajectories(trajectories, self.accelerator) if world > 1 else trajectories
+
+    @torch.no_grad()
+    def sample_share(self, epoch: int) -> Trajectories:
+        """This process's contiguous share of the epoch's prompts, sampled by the policy."""
         prompts, seeds = self.epoch_prompts(epoch)
         world = self.accelerator.num_processes
         if len(prompts) % world:
@@ -128,7 +137,7 @@ class Trainer:
         share = slice(first, first + per_process)  # contiguous: gathering keeps the order
         self.pipe.unet.eval()
         with self.accelerator.autocast():
-            trajectories = sample(
+            return sample(
                 self.pipe,
                 prompts[share],
                 self.training.images_per_prompt,
@@ -136,9 +145,6 @@ class Trainer:
                 self.settings.sampler,
                 reduction=self.training.log_prob_reduction,
             )
-        if self.method.needs_reference:
-            trajectories.reference_log_probs = self.reference_log_probs(trajectories)
-        return gather_trajectories(trajectories, self.accelerator) if world > 1 else trajectories
 
     def judged_samples(self) -> Trajectories:
         """The labelled set on this device, with its reference log-probs (computed once)."""
