@@ -28,6 +28,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from d3po.rewards import read_manifest  # noqa: E402
 from d3po.stats import mean_interval  # noqa: E402
 
 EVALUATION_COLUMNS = [
@@ -178,11 +179,7 @@ def plot_curves(
 
 
 def _first_image_per_prompt(samples_dir: Path) -> dict[str, Path]:
-    manifest_path = Path(samples_dir) / "manifest.csv"
-    if not manifest_path.is_file():
-        raise FileNotFoundError(f"sample manifest not found: {manifest_path}")
-    manifest = pd.read_csv(manifest_path, dtype={"prompt": str, "path": str})
-    first = manifest.drop_duplicates("prompt", keep="first")
+    first = read_manifest(samples_dir).drop_duplicates("prompt", keep="first")
     return {
         prompt: Path(samples_dir) / path
         for prompt, path in zip(first["prompt"], first["path"], strict=True)
