@@ -5,6 +5,11 @@
     d3po train    --settings JSON --run-dir DIR --state-dir DIR       D3PO or DDPO, resumable
                   [--samples DIR --judgements JSONL]                 D3PO on human judgements
     d3po annotate --samples DIR --criterion NAME --out JSONL          toy world's annotator
+                  [--via-http --protocol best|score|pairwise]        ... through the app
+    d3po label SAMPLES_DIR --judgements JSONL [--host --port --protocol --token ...]
+    d3po label-report --samples DIR --judgements JSONL                 counts, agreement, pairs
+    d3po label-import reference|label-studio FILE... --samples DIR --out JSONL
+    d3po label-benchmark [--annotators 8 --decisions 250]              decisions per second
     d3po collect  --runs JSON --out CSV                               evaluation table
     d3po plot-curves  --evaluation CSV --out PNG [--metrics LABEL=CSV ...]
     d3po plot-samples --before DIR --after LABEL=DIR ... --out PNG
@@ -75,10 +80,61 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_annotate(args: argparse.Namespace) -> None:
+    if args.via_http:
+        from d3po.labelling.simulate import annotate_via_http
+
+        count = annotate_via_http(
+            args.samples, args.criterion, args.out, args.annotator, args.protocol
+        )
+        print(f"sent {count} {args.protocol} decisions ({args.criterion}) over HTTP to {args.out}")
+        return
     from d3po.feedback import simulate_judgements
 
     count = simulate_judgements(args.samples, args.criterion, args.out, args.annotator)
     print(f"appended {count} judgements ({args.criterion}) to {args.out}")
+
+
+def cmd_label(args: argparse.Namespace) -> None:
+    from d3po.labelling.server import serve
+
+    serve(
+        args.samples,
+        args.judgements,
+        host=args.host,
+        port=args.port,
+        token=args.token,
+        protocol=args.protocol,
+        annotators_per_prompt=args.annotators_per_prompt,
+        scale=args.scale,
+    )
+
+
+def cmd_label_report(args: argparse.Namespace) -> None:
+    from d3po.labelling.report import format_report, label_report
+    from d3po.preferences import read_judgements
+    from d3po.rewards import read_manifest
+
+    manifest = read_manifest(args.samples)
+    judgements = read_judgements(args.judgements, manifest=manifest)
+    report = label_report(manifest, judgements)
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+
+
+def cmd_label_import(args: argparse.Namespace) -> None:
+    from d3po.labelling import importers
+
+    if args.format == "reference":
+        count = importers.import_reference(args.samples, args.files, args.out)
+    else:
+        (export,) = args.files
+        count = importers.import_label_studio(args.samples, export, args.out, args.fields)
+    print(f"appended {count} judgements ({args.format}) to {args.out}")
+
+
+def cmd_label_benchmark(args: argparse.Namespace) -> None:
+    from d3po.labelling.benchmark import main as label_benchmark_main
+
+    label_benchmark_main(args.rest)
 
 
 def cmd_collect(args: argparse.Namespace) -> None:
@@ -131,6 +187,63 @@ def cmd_pretrain_toy(args: argparse.Namespace) -> None:
     pretrain_main(args.rest)
 
 
+PROTOCOL_CHOICES = ("best", "score", "pairwise")
+
+
+def _fields(value: str) -> tuple[str, str]:
+    left, sep, right = value.partition(",")
+    if not (sep and left and right):
+        raise argparse.ArgumentTypeError(f"expected LEFT,RIGHT data field names, got '{value}'")
+    return left, right
+
+
+def _add_label_parsers(steps: argparse._SubParsersAction) -> None:
+    """`d3po label`, `label-report`, `label-import`, `label-benchmark` (d3po.labelling)."""
+    label = steps.add_parser("label", help="judge a sample set in the browser")
+    label.add_argument("samples", type=Path, metavar="SAMPLES_DIR")
+    label.add_argument("--judgements", type=Path, required=True, help="JSON Lines, appended to")
+    label.add_argument("--host", default="127.0.0.1", help="other than loopback needs a token")
+    label.add_argument("--port", type=int, default=8000)
+    label.add_argument("--protocol", choices=PROTOCOL_CHOICES, default="best")
+    label.add_argument("--annotators-per-prompt", type=int, default=1)
+    label.add_argument(
+        "--scale",
+        choices=("good-bad", "1-5"),
+        default="good-bad",
+        help="the score protocol's values",
+    )
+    label.add_argument("--token", help="access token (generated when binding beyond loopback)")
+    label.set_defaults(run=cmd_label)
+
+    report = steps.add_parser("label-report", help="annotators, agreement, pairs for training")
+    report.add_argument("--samples", type=Path, required=True)
+    report.add_argument("--judgements", type=Path, required=True)
+    report.add_argument("--json", action="store_true", help="print the report as JSON")
+    report.set_defaults(run=cmd_label_report)
+
+    imports = steps.add_parser("label-import", help="judgements made elsewhere, as JSON Lines")
+    imports.add_argument("format", choices=("reference", "label-studio"))
+    imports.add_argument(
+        "files",
+        type=Path,
+        nargs="+",
+        help="reference: one JSON per annotator; label-studio: the export",
+    )
+    imports.add_argument("--samples", type=Path, required=True)
+    imports.add_argument("--out", type=Path, required=True, help="JSON Lines, appended to")
+    imports.add_argument(
+        "--fields",
+        type=_fields,
+        default=("image1", "image2"),
+        help="label-studio: the data fields of the left and right image",
+    )
+    imports.set_defaults(run=cmd_label_import)
+
+    steps.add_parser(
+        "label-benchmark", help="decisions/s of the labelling app", add_help=False
+    ).set_defaults(run=cmd_label_benchmark)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="d3po", description=__doc__.split("\n")[0])
     steps = parser.add_subparsers(dest="step", required=True, metavar="STEP")
@@ -164,7 +277,17 @@ def build_parser() -> argparse.ArgumentParser:
     annotate.add_argument("--criterion", required=True, help="undistorted, safe or aligned")
     annotate.add_argument("--out", type=Path, required=True, help="JSON Lines, appended to")
     annotate.add_argument("--annotator", default="simulated")
+    annotate.add_argument(
+        "--via-http", action="store_true", help="judge through the labelling app, like a person"
+    )
+    annotate.add_argument(
+        "--protocol",
+        choices=PROTOCOL_CHOICES,
+        default="score",
+        help="with --via-http: the app's protocol",
+    )
     annotate.set_defaults(run=cmd_annotate)
+    _add_label_parsers(steps)
 
     collect = steps.add_parser("collect", help="summarise score files into an evaluation table")
     collect.add_argument("--runs", type=_json, required=True)
@@ -204,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
-    if args.run in (cmd_benchmark, cmd_pretrain_toy):
+    if args.run in (cmd_benchmark, cmd_pretrain_toy, cmd_label_benchmark):
         args.rest = rest
     elif rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")

@@ -5,9 +5,21 @@ proxy objectives only the order matters: image i is preferred to image j when it
 Pareto-dominate j's (>= on every objective, > on at least one); equal and incomparable pairs
 are skipped. All K(K-1)/2 pairs of a group of K images are considered.
 
-Human judgements are JSON Lines, one judgement per line (see docs/design.md):
-``{"prompt": str, "a": id, "b": id, "winner": "a"|"b"|"tie", "annotator": str, "time": iso8601}``.
-Several annotators may judge the same pair; the majority decides.
+Human judgements are an append-only JSON Lines record (docs/design.md, "Files between steps"):
+one line per decision of one annotator. A line's ``kind`` says what was decided:
+
+- ``pair`` (the default; ``kind`` may be left out): ``prompt, a, b, winner`` (``a|b|tie``);
+- ``best``: ``prompt, images, best``: the best of the images shown (best > each other one);
+- ``score``: ``prompt, scores`` (image id -> number): each image rated, e.g. good 1 / bad 0;
+- ``skip``: ``prompt, images``: the annotator passed on these images;
+- ``undo``: ``undoes``: cancels the earlier decision of that id (same annotator).
+
+Every line has ``annotator`` and ``time``; the labelling app adds ``decision`` (an id), ``protocol``
+and ``seconds`` (time on the prompt). Turning a record into training pairs: undone decisions
+are dropped, scores are averaged per image across annotators and ordered within the images
+scored together (equal means skipped), and every vote on an unordered pair is pooled: the
+majority decides, tie votes count for neither side, equal votes are skipped. What is dropped
+and why is counted (``decide_pairs``).
 
 Reference: Yang et al., "Using Human Feedback to Fine-tune Diffusion Models without Any Reward
 Model" (D3PO, CVPR 2024, arXiv 2311.13231), section 4 (preference data).
@@ -15,8 +27,14 @@ Model" (D3PO, CVPR 2024, arXiv 2311.13231), section 4 (preference data).
 
 from __future__ import annotations
 
+import fcntl
 import json
+import logging
+import math
+import os
+import threading
 from collections import Counter
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -26,6 +44,22 @@ import pandas as pd
 
 JUDGEMENT_FIELDS = ("prompt", "a", "b", "winner", "annotator", "time")
 WINNERS = ("a", "b", "tie")
+PROTOCOLS = ("best", "score", "pairwise")
+#: Fields each kind of line needs besides ``annotator`` and ``time``.
+KIND_FIELDS: dict[str, tuple[str, ...]] = {
+    "pair": ("prompt", "a", "b", "winner"),
+    "best": ("prompt", "images", "best"),
+    "score": ("prompt", "scores"),
+    "skip": ("prompt", "images"),
+    "undo": ("undoes",),
+}
+#: Columns of the table ``read_judgements`` returns (absent fields are None).
+RECORD_COLUMNS = (
+    "kind", "decision", "protocol", "prompt", "a", "b", "winner", "images", "best", "scores",
+    "undoes", "annotator", "time", "seconds", "line",
+)  # fmt: skip
+
+logger = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -61,7 +95,7 @@ def preference_pairs(groups: np.ndarray, scores: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------
-# Human judgement files (JSON Lines)
+# Human judgement records (JSON Lines)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -71,26 +105,93 @@ def _check_string(record: dict[str, Any], field: str, where: str) -> None:
         raise ValueError(f"{where}: field {field!r} must be a non-empty string, got {value!r}")
 
 
+def _check_known(image_id: str, field: str, where: str, known_ids: set[str] | None) -> None:
+    if known_ids is not None and image_id not in known_ids:
+        raise ValueError(f"{where}: field {field!r} names unknown image id {image_id!r}")
+
+
+def _check_images(record: dict[str, Any], where: str, known_ids: set[str] | None) -> None:
+    images = record["images"]
+    if (
+        not isinstance(images, list)
+        or len(images) < 2
+        or not all(isinstance(image, str) and image for image in images)
+    ):
+        raise ValueError(f"{where}: field 'images' must list at least two image ids")
+    if len(set(images)) != len(images):
+        raise ValueError(f"{where}: field 'images' names an image twice")
+    for image in images:
+        _check_known(image, "images", where, known_ids)
+
+
+def _check_scores(record: dict[str, Any], where: str, known_ids: set[str] | None) -> None:
+    scores = record["scores"]
+    if not isinstance(scores, dict) or not scores:
+        raise ValueError(f"{where}: field 'scores' must map image ids to numbers")
+    for image, value in scores.items():
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+        ):
+            raise ValueError(
+                f"{where}: field 'scores' gives image {image!r} a non-number {value!r}"
+            )
+        _check_known(image, "scores", where, known_ids)
+
+
+def _check_kind_fields(record: dict[str, Any], kind: str, where: str, known: set[str] | None):
+    if "prompt" in KIND_FIELDS[kind]:
+        _check_string(record, "prompt", where)
+    if kind == "pair":
+        for name in ("a", "b"):
+            _check_string(record, name, where)
+        if record["winner"] not in WINNERS:
+            raise ValueError(
+                f"{where}: field 'winner' must be one of {', '.join(WINNERS)}, "
+                f"got {record['winner']!r}"
+            )
+        if record["a"] == record["b"]:
+            raise ValueError(f"{where}: fields 'a' and 'b' name the same image {record['a']!r}")
+        for name in ("a", "b"):
+            _check_known(record[name], name, where, known)
+    elif kind in ("best", "skip"):
+        _check_images(record, where, known)
+        if kind == "best" and record["best"] not in record["images"]:
+            raise ValueError(
+                f"{where}: field 'best' must be one of 'images', got {record['best']!r}"
+            )
+    elif kind == "score":
+        _check_scores(record, where, known)
+    else:  # undo
+        _check_string(record, "undoes", where)
+
+
 def validate_judgement(
     record: Any, where: str = "judgement", known_ids: set[str] | None = None
 ) -> None:
-    """Raise ValueError naming ``where`` and the field if ``record`` is not a valid judgement."""
+    """Raise ValueError naming ``where`` and the field if ``record`` is not a valid record line."""
     if not isinstance(record, dict):
         raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
-    missing = [field for field in JUDGEMENT_FIELDS if field not in record]
+    kind = record.get("kind", "pair")
+    if kind not in KIND_FIELDS:
+        raise ValueError(
+            f"{where}: field 'kind' must be one of {', '.join(KIND_FIELDS)}, got {kind!r}"
+        )
+    missing = [name for name in (*KIND_FIELDS[kind], "annotator", "time") if name not in record]
     if missing:
         raise ValueError(f"{where}: missing field(s) {', '.join(map(repr, missing))}")
-    for field in ("prompt", "a", "b", "annotator", "time"):
-        _check_string(record, field, where)
-    if record["winner"] not in WINNERS:
-        raise ValueError(
-            f"{where}: field 'winner' must be one of {', '.join(WINNERS)}, got {record['winner']!r}"
-        )
-    if record["a"] == record["b"]:
-        raise ValueError(f"{where}: fields 'a' and 'b' name the same image {record['a']!r}")
-    for field in ("a", "b"):
-        if known_ids is not None and record[field] not in known_ids:
-            raise ValueError(f"{where}: field {field!r} names unknown image id {record[field]!r}")
+    _check_kind_fields(record, kind, where, known_ids)
+    _check_string(record, "annotator", where)
+    _check_string(record, "time", where)
+    for name in ("decision", "protocol"):
+        if name in record:
+            _check_string(record, name, where)
+    if record.get("protocol", PROTOCOLS[0]) not in PROTOCOLS:
+        raise ValueError(f"{where}: field 'protocol' must be one of {', '.join(PROTOCOLS)}")
+    seconds = record.get("seconds", 0)
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not seconds >= 0:
+        raise ValueError(f"{where}: field 'seconds' must be a number >= 0, got {seconds!r}")
     try:
         datetime.fromisoformat(record["time"].replace("Z", "+00:00"))
     except ValueError:
@@ -99,66 +200,281 @@ def validate_judgement(
         ) from None
 
 
-def read_judgements(path: Path, known_ids: set[str] | None = None) -> pd.DataFrame:
-    """Read and validate a JSON Lines judgement file; blank lines are allowed.
+def judged_images(row: Any) -> list[str]:
+    """The image ids one record line (a dict or a table row) is about, in their order."""
+    get = row.get if isinstance(row, dict) else lambda name: getattr(row, name)
+    kind = get("kind") or "pair"
+    if kind == "pair":
+        return [get("a"), get("b")]
+    if kind == "score":
+        return list(get("scores"))
+    return list(get("images") or [])
 
-    Returns one row per judgement with columns prompt, a, b, winner, annotator, time, line.
+
+def index_manifest(manifest: pd.DataFrame) -> pd.DataFrame:
+    """The manifest indexed by image id (str), as ``check_against_manifest`` wants it."""
+    return manifest.assign(id=manifest["id"].astype(str)).set_index("id", drop=False)
+
+
+def check_against_manifest(record: dict[str, Any], where: str, manifest: pd.DataFrame) -> None:
+    """The images of one line belong to one group (initial noise) and its prompt is theirs.
+
+    ``manifest`` is indexed by id (``index_manifest``) and holds every id of the line.
+    """
+    images = judged_images(record)
+    if not images:
+        return
+    rows = manifest.loc[images]
+    if rows["group"].nunique() > 1:
+        raise ValueError(
+            f"{where}: images {', '.join(images)} come from different groups (initial noises) "
+            f"{sorted(set(rows['group'].tolist()))}; only images of one group are compared"
+        )
+    if record["prompt"] != rows["prompt"].iloc[0]:
+        raise ValueError(
+            f"{where}: field 'prompt' is {record['prompt']!r} but image {images[0]!r} was "
+            f"sampled for {rows['prompt'].iloc[0]!r}"
+        )
+
+
+def _parse_lines(path: Path) -> list[tuple[int, Any]]:
+    """(line number, parsed JSON) of every non-blank line; a UTF-8 BOM is accepted.
+
+    A last line cut short (no newline, not JSON), as a crash in mid-write can leave, is
+    ignored with a warning: no decision on it was ever confirmed.
+    """
+    text = path.read_text(encoding="utf-8-sig")
+    lines = text.split("\n")
+    parsed = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            parsed.append((number, json.loads(line)))
+        except json.JSONDecodeError as error:
+            if number == len(lines) and not text.endswith("\n"):
+                logger.warning("%s line %d: ignoring a cut-off last line", path.name, number)
+                continue
+            raise ValueError(f"{path.name} line {number}: invalid JSON ({error.msg})") from None
+    return parsed
+
+
+def _check_history(records: list[dict[str, Any]], path: Path) -> None:
+    """Decision ids are unique; an undo cancels an earlier decision of its annotator, once."""
+    owners: dict[str, str] = {}
+    undone: set[str] = set()
+    for record in records:
+        where = f"{path.name} line {record['line']}"
+        if record["kind"] == "undo":
+            target = record["undoes"]
+            if owners.get(target) != record["annotator"]:
+                raise ValueError(
+                    f"{where}: undoes {target!r}, which is no earlier decision of "
+                    f"{record['annotator']!r}"
+                )
+            if target in undone:
+                raise ValueError(f"{where}: decision {target!r} is already undone")
+            undone.add(target)
+        elif record["decision"] is not None:
+            if record["decision"] in owners:
+                raise ValueError(f"{where}: decision id {record['decision']!r} is used twice")
+            owners[record["decision"]] = record["annotator"]
+
+
+def read_judgements(
+    path: Path, known_ids: set[str] | None = None, manifest: pd.DataFrame | None = None
+) -> pd.DataFrame:
+    """Read and validate a JSON Lines judgement record; blank lines and a BOM are allowed.
+
+    Returns one row per line with the columns ``RECORD_COLUMNS`` (fields a kind lacks are
+    None; ``kind`` is "pair" for the original lines). With ``manifest`` (a sample set's
+    manifest) the ids must be its ids, the images of one line one group, the prompt theirs.
     Errors name the file, the line number and the field.
     """
     path = Path(path)
+    if manifest is not None:
+        manifest = index_manifest(manifest)
+        known_ids = set(manifest.index) if known_ids is None else known_ids & set(manifest.index)
     records = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path.name} line {number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{where}: invalid JSON ({error.msg})") from None
-            validate_judgement(record, where, known_ids)
-            records.append({**{field: record[field] for field in JUDGEMENT_FIELDS}, "line": number})
-    return pd.DataFrame(records, columns=[*JUDGEMENT_FIELDS, "line"])
+    for number, record in _parse_lines(path):
+        where = f"{path.name} line {number}"
+        validate_judgement(record, where, known_ids)
+        if manifest is not None and "prompt" in record:
+            check_against_manifest(record, where, manifest)
+        row = {column: record.get(column) for column in RECORD_COLUMNS}
+        records.append({**row, "kind": record.get("kind", "pair"), "line": number})
+    _check_history(records, path)
+    return pd.DataFrame(records, columns=list(RECORD_COLUMNS))
+
+
+def live_judgements(judgements: pd.DataFrame) -> pd.DataFrame:
+    """The decisions that still count: undo lines and the decisions they cancel removed."""
+    undone = set(judgements.loc[judgements["kind"] == "undo", "undoes"])
+    cancelled = judgements["decision"].isin(undone) & judgements["decision"].notna()
+    return judgements[~cancelled & (judgements["kind"] != "undo")]
+
+
+@dataclass
+class DecidedPairs:
+    """Training pairs from a record, with what was left out and why (counts)."""
+
+    pairs: np.ndarray  # (N, 2) int64: winner index, loser index
+    dropped: Counter[str] = field(default_factory=Counter)
+    conflicting: int = 0  # pairs with votes on both sides, decided by the majority
+
+    def summary(self) -> str:
+        parts = [f"{len(self.pairs)} pairs"]
+        if self.conflicting:
+            parts.append(f"{self.conflicting} decided by majority over conflicting votes")
+        parts += [f"{count} dropped: {reason}" for reason, count in sorted(self.dropped.items())]
+        return "; ".join(parts)
+
+
+class _Votes:
+    """Votes per unordered pair of images, in order of first appearance."""
+
+    def __init__(self) -> None:
+        self.counts: dict[tuple[str, str], Counter[str]] = {}
+
+    def add(self, a: str, b: str, winner: str) -> None:
+        counter = self.counts.setdefault((min(a, b), max(a, b)), Counter())
+        counter[{"a": a, "b": b}.get(winner, "tie")] += 1
+
+
+def _score_votes(live: pd.DataFrame, votes: _Votes, dropped: Counter[str]) -> None:
+    """Mean score per image across annotators; pairs from their order within images scored
+    together (one prompt's set); equal means are skipped."""
+    scored = live[live["kind"] == "score"]
+    values: dict[str, list[float]] = {}
+    sets: dict[tuple[str, ...], None] = {}
+    for scores in scored["scores"]:
+        sets[tuple(sorted(scores))] = None
+        for image, value in scores.items():
+            values.setdefault(image, []).append(float(value))
+    means = {image: float(np.mean(v)) for image, v in values.items()}
+    for images in sets:
+        for position, a in enumerate(images):
+            for b in images[position + 1 :]:
+                if means[a] == means[b]:
+                    dropped["equal mean scores"] += 1
+                else:
+                    votes.add(a, b, "a" if means[a] > means[b] else "b")
+
+
+def decide_pairs(judgements: pd.DataFrame, ids: list[str]) -> DecidedPairs:
+    """Training pairs (winner index, loser index) into ``ids`` from a whole record.
+
+    Undone decisions and skips are left out; ``best`` lines vote best > each other image;
+    ``score`` lines are averaged per image (``_score_votes``); votes on the same unordered pair
+    are pooled across annotators and lines: the majority wins, "tie" votes count for neither
+    side, pairs with equal votes are skipped. Rows follow each pair's first appearance.
+    """
+    index = {sample_id: position for position, sample_id in enumerate(ids)}
+    live = live_judgements(judgements)
+    dropped: Counter[str] = Counter()
+    dropped["undone decisions"] = int(judgements["kind"].eq("undo").sum())
+    votes = _Votes()
+    for row in live.itertuples():
+        for image in judged_images(row):
+            if image not in index:
+                raise ValueError(f"judged image id {image!r} is not among the samples")
+        if row.kind == "pair":
+            votes.add(row.a, row.b, row.winner)
+        elif row.kind == "best":
+            for other in row.images:
+                if other != row.best:
+                    votes.add(row.best, other, "a")
+    _score_votes(live, votes, dropped)
+    pairs, conflicting = [], 0
+    for (first, second), counter in votes.counts.items():
+        if counter[first] and counter[second]:
+            conflicting += counter[first] != counter[second]
+        if counter[first] == counter[second]:
+            reason = "only tie votes" if not counter[first] else "votes split evenly"
+            dropped[reason] += 1
+        elif counter[first] > counter[second]:
+            pairs.append((index[first], index[second]))
+        else:
+            pairs.append((index[second], index[first]))
+    dropped = Counter({reason: count for reason, count in dropped.items() if count})
+    return DecidedPairs(np.array(pairs, dtype=np.int64).reshape(-1, 2), dropped, conflicting)
 
 
 def judgements_to_pairs(judgements: pd.DataFrame, ids: list[str]) -> np.ndarray:
-    """(N, 2) (winner index, loser index) pairs into ``ids``, one per judged pair of images.
+    """(N, 2) (winner index, loser index) pairs into ``ids`` (see ``decide_pairs``).
 
-    Votes on the same unordered pair are pooled across annotators; the majority wins, "tie"
-    votes count for neither side, and pairs with equal votes are skipped. Rows follow the order
-    in which each pair first appears in the file.
+    What is dropped (undone, ties, split votes, equal mean scores) is logged.
     """
-    index = {sample_id: position for position, sample_id in enumerate(ids)}
-    votes: dict[tuple[str, str], Counter[str]] = {}
-    for a, b, winner in zip(judgements["a"], judgements["b"], judgements["winner"], strict=True):
-        if a not in index or b not in index:
-            missing = a if a not in index else b
-            raise ValueError(f"judged image id {missing!r} is not among the samples")
-        counter = votes.setdefault((min(a, b), max(a, b)), Counter())
-        if winner != "tie":
-            counter[a if winner == "a" else b] += 1
-    pairs = []
-    for (first, second), counter in votes.items():
-        if counter[first] > counter[second]:
-            pairs.append((index[first], index[second]))
-        elif counter[second] > counter[first]:
-            pairs.append((index[second], index[first]))
-    return np.array(pairs, dtype=np.int64).reshape(-1, 2)
+    decided = decide_pairs(judgements, ids)
+    if decided.dropped or decided.conflicting:
+        logger.warning("judgements: %s", decided.summary())
+    return decided.pairs
 
 
-def append_judgement(path: Path, judgement: dict[str, Any]) -> None:
-    """Validate ``judgement`` and append it as one line to ``path`` (never rewrites the file)."""
+def _judgement_line(judgement: dict[str, Any]) -> str:
+    kind = judgement.get("kind", "pair")
+    names = [name for name in ("kind", "decision") if name in judgement]
+    names += [*KIND_FIELDS[kind], "annotator", "time"]
+    names += [name for name in ("protocol", "seconds") if name in judgement]
+    return json.dumps({name: judgement[name] for name in names}, ensure_ascii=False)
+
+
+def append_judgements(path: Path, judgements: list[dict[str, Any]]) -> None:
+    """Validate every judgement, then append them as lines to ``path`` (never rewrites it)."""
     path = Path(path)
-    validate_judgement(judgement, where=f"{path.name} (new judgement)")
-    line = json.dumps({field: judgement[field] for field in JUDGEMENT_FIELDS}, ensure_ascii=False)
+    for number, judgement in enumerate(judgements, start=1):
+        validate_judgement(judgement, where=f"{path.name} (new judgement {number})")
+    text = "".join(_judgement_line(judgement) + "\n" for judgement in judgements)
     path.parent.mkdir(parents=True, exist_ok=True)
     # A file whose last line lacks its newline would otherwise fuse with the new line.
     needs_newline = path.is_file() and path.stat().st_size > 0 and _last_byte(path) != b"\n"
     with path.open("a", encoding="utf-8") as handle:
-        handle.write(("\n" if needs_newline else "") + line + "\n")
+        handle.write(("\n" if needs_newline else "") + text)
+
+
+def append_judgement(path: Path, judgement: dict[str, Any]) -> None:
+    """Validate ``judgement`` and append it as one line to ``path``."""
+    append_judgements(path, [judgement])
 
 
 def _last_byte(path: Path) -> bytes:
     with path.open("rb") as handle:
         handle.seek(-1, 2)
         return handle.read(1)
+
+
+class JudgementRecord:
+    """The record one labelling app appends to: each line on disk (fsync) before it returns.
+
+    The file is locked (``flock``) for the app's lifetime, so that a second app cannot write
+    to it at the same time; appends from several threads are serialised by a lock.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._handle = self.path.open("ab")
+        try:
+            fcntl.flock(self._handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._handle.close()
+            raise ValueError(f"{self.path}: another labelling app is writing this record") from None
+        if self._handle.tell() > 0 and _last_byte(self.path) != b"\n":
+            self._write(b"\n")  # the cut-off line of a crash stays on its own line
+
+    def _write(self, data: bytes) -> None:
+        self._handle.write(data)
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+
+    def append(self, judgement: dict[str, Any]) -> None:
+        """Validate and append one line; it is on disk when this returns."""
+        validate_judgement(judgement, where=f"{self.path.name} (new judgement)")
+        data = (_judgement_line(judgement) + "\n").encode("utf-8")
+        with self._lock:
+            self._write(data)
+
+    def close(self) -> None:
+        with self._lock:
+            self._handle.close()  # also releases the flock

@@ -1,0 +1,317 @@
+"""The labelling web app: FastAPI + uvicorn, a plain HTML/CSS/JS page, state on the server.
+
+Every decision is appended to the judgements record (``preferences.JudgementRecord``: locked,
+flushed and fsync'd) before the page is told it was saved; the app writes nothing else. The
+assignment state is rebuilt from that record at start (``Assignments.replay``).
+
+Security: images are served by id from the manifest only (no client path reaches the file
+system); every request field is validated (pydantic models, ids from this set, winners from the
+protocol, bodies of at most ``MAX_BODY_BYTES``); a loopback bind accepts only loopback Host
+headers (DNS rebinding); any other bind requires the access token (header, cookie, or the
+``?token=`` of the printed URL, as Jupyter does).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import secrets
+import threading
+import time
+import uuid
+from contextlib import asynccontextmanager
+from datetime import datetime, timezone
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+
+from d3po.labelling.assign import Assignments
+from d3po.labelling.tasks import SampleSet, Task, load_sample_set
+from d3po.preferences import JudgementRecord, read_judgements
+
+MAX_BODY_BYTES = 16 * 1024
+TOKEN_COOKIE = "d3po_token"
+#: Values of one image under the score protocol, per scale.
+SCALES: dict[str, tuple[int, ...]] = {"good-bad": (0, 1), "1-5": (1, 2, 3, 4, 5)}
+LOOPBACK_HOSTS = ["127.0.0.1", "localhost", "[::1]", "::1"]
+
+AnnotatorName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9 ._@+-]{0,63}$")]
+TaskKey = Annotated[str, StringConstraints(pattern=r"^g[0-9]{4,8}$")]
+ImageId = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+
+
+class Who(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    annotator: AnnotatorName
+
+
+class Skip(Who):
+    task: TaskKey
+
+
+class Decision(Skip):
+    best: ImageId | None = None  # protocol best
+    winner: Literal["a", "b", "tie"] | None = None  # protocol pairwise
+    scores: dict[ImageId, int] | None = Field(default=None, max_length=64)  # protocol score
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+class Labeller:
+    """The app's state: the sample set, the record and who judges what; one lock for all."""
+
+    def __init__(
+        self,
+        samples: SampleSet,
+        record: JudgementRecord,
+        protocol: str,
+        annotators_per_prompt: int,
+        scale: str = "good-bad",
+    ) -> None:
+        self.samples, self.record, self.protocol, self.scale = samples, record, protocol, scale
+        self.assignments = Assignments(samples.tasks, annotators_per_prompt)
+        if record.path.stat().st_size:
+            table = read_judgements(record.path, manifest=samples.manifest)
+            self.assignments.replay(table, samples.group_of)
+        self.lock = threading.Lock()
+
+    # --- what the page is shown ------------------------------------------------------------
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "protocol": self.protocol,
+            "scale": list(SCALES[self.scale]),
+            "scale_name": self.scale,
+            "tasks": len(self.samples.tasks),
+            "annotators_per_prompt": self.assignments.annotators_per_prompt,
+        }
+
+    def view(self, annotator: str) -> dict[str, Any]:
+        with self.lock:
+            return self._view(annotator)
+
+    def _view(self, annotator: str) -> dict[str, Any]:
+        now = time.monotonic()
+        task = self.assignments.next_task(annotator, now)
+        shown = None
+        if task is not None:
+            images = [{"id": image, "url": f"/images/{image}"} for image in task.images]
+            shown = {"key": task.key, "prompt": task.prompt, "images": images}
+        return {
+            "annotator": annotator,
+            "task": shown,
+            "progress": self.assignments.progress(annotator, now),
+            "can_undo": bool(self.assignments.history.get(annotator)),
+        }
+
+    # --- what the page sends ---------------------------------------------------------------
+
+    def _assigned(self, annotator: str, key: str) -> Task:
+        """The task ``key`` if this annotator may decide it now (409 if not)."""
+        task = self.samples.tasks.get(key)
+        if task is None:
+            raise HTTPException(404, f"unknown task {key!r}")
+        lease = self.assignments.leases.get(annotator)
+        if lease is not None and lease.task == key:
+            return task
+        if lease is None and key in self.assignments.open_tasks(annotator, time.monotonic()):
+            return task  # e.g. the page outlived a restart of the app
+        raise HTTPException(409, f"task {key!r} is not the one {annotator!r} was given")
+
+    def _answer(self, task: Task, decision: Decision) -> dict[str, Any]:
+        """The protocol's fields of the record line (422 when they do not fit the task)."""
+        if self.protocol == "best":
+            if decision.best not in task.images:
+                raise HTTPException(422, f"'best' must be one of {list(task.images)}")
+            return {"kind": "best", "images": list(task.images), "best": decision.best}
+        if self.protocol == "pairwise":
+            if decision.winner is None:
+                raise HTTPException(422, "'winner' must be a, b or tie")
+            a, b = task.images
+            return {"kind": "pair", "a": a, "b": b, "winner": decision.winner}
+        scores = decision.scores or {}
+        allowed = SCALES[self.scale]
+        if set(scores) != set(task.images) or any(v not in allowed for v in scores.values()):
+            raise HTTPException(422, f"'scores' must rate each of {list(task.images)} in {allowed}")
+        return {"kind": "score", "scores": {image: scores[image] for image in task.images}}
+
+    def _append(self, annotator: str, task: Task, fields: dict[str, Any]) -> str:
+        decision = uuid.uuid4().hex[:16]
+        line = {**fields, "prompt": task.prompt, "annotator": annotator, "time": _now()}
+        line.update(decision=decision, protocol=self.protocol)
+        lease = self.assignments.leases.get(annotator)
+        if lease is not None and lease.task == task.key:
+            line["seconds"] = round(time.monotonic() - lease.since, 3)
+        self.record.append(line)  # on disk before the state changes and the reply is sent
+        self.assignments.record(annotator, task.key, decision, skipped=fields["kind"] == "skip")
+        return decision
+
+    def decide(self, decision: Decision) -> dict[str, Any]:
+        with self.lock:
+            task = self._assigned(decision.annotator, decision.task)
+            saved = self._append(decision.annotator, task, self._answer(task, decision))
+            return {"saved": saved, **self._view(decision.annotator)}
+
+    def skip(self, request: Skip) -> dict[str, Any]:
+        with self.lock:
+            task = self._assigned(request.annotator, request.task)
+            fields = {"kind": "skip", "images": list(task.images)}
+            return {
+                "saved": self._append(request.annotator, task, fields),
+                **self._view(request.annotator),
+            }
+
+    def undo(self, annotator: str) -> dict[str, Any]:
+        with self.lock:
+            history = self.assignments.history.get(annotator)
+            if not history:
+                raise HTTPException(409, f"{annotator!r} has no decision to undo")
+            decision, task = history[-1]
+            line = {"kind": "undo", "undoes": decision, "annotator": annotator, "time": _now()}
+            self.record.append({**line, "protocol": self.protocol})
+            self.assignments.undo(annotator)
+            self.assignments.hold(annotator, task, time.monotonic())
+            return {"undone": decision, **self._view(annotator)}
+
+
+def _static() -> Path:
+    return Path(str(resources.files("d3po.labelling") / "static"))
+
+
+def _install_guards(app: FastAPI, token: str | None, host: str) -> None:
+    """Host check on loopback binds, the access token elsewhere, bounded bodies, headers."""
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        if token is not None and not _has_token(request, token):
+            return JSONResponse(
+                {"detail": "missing or wrong access token: open the URL d3po label printed"},
+                status_code=401,
+            )
+        if request.method == "POST":
+            length = request.headers.get("content-length")
+            if length is None or not length.isdigit():
+                return JSONResponse({"detail": "a Content-Length is required"}, status_code=411)
+            if int(length) > MAX_BODY_BYTES:
+                return JSONResponse(
+                    {"detail": f"body over {MAX_BODY_BYTES} bytes"}, status_code=413
+                )
+        response: Response = await call_next(request)
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["X-Frame-Options"] = "DENY"
+        response.headers["Content-Security-Policy"] = "default-src 'self'"
+        if token is not None and request.query_params.get("token") == token:
+            response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="strict")
+        return response
+
+    if is_loopback(host):
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=LOOPBACK_HOSTS)
+
+
+def _has_token(request: Request, token: str) -> bool:
+    header = request.headers.get("authorization", "")
+    offered = [
+        header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else "",
+        request.cookies.get(TOKEN_COOKIE, ""),
+        request.query_params.get("token", ""),
+    ]
+    return any(secrets.compare_digest(value, token) for value in offered if value)
+
+
+def create_app(
+    samples_dir: Path,
+    judgements: Path,
+    protocol: str = "best",
+    annotators_per_prompt: int = 1,
+    token: str | None = None,
+    host: str = "127.0.0.1",
+    scale: str = "good-bad",
+) -> FastAPI:
+    """The app for one sample set and one record (opened, and locked, until shutdown)."""
+    if annotators_per_prompt < 1:
+        raise ValueError(f"--annotators-per-prompt must be at least 1, got {annotators_per_prompt}")
+    if scale not in SCALES:
+        raise ValueError(f"unknown score scale {scale!r}; choose one of {', '.join(SCALES)}")
+    if token is None and not is_loopback(host):
+        raise ValueError(f"binding {host} (not loopback) requires an access token")
+    samples = load_sample_set(samples_dir, protocol)
+    record = JudgementRecord(judgements)
+    try:
+        labeller = Labeller(samples, record, protocol, annotators_per_prompt, scale)
+    except BaseException:
+        record.close()
+        raise
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        record.close()
+
+    app = FastAPI(title="d3po label", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url=None)  # fmt: skip
+    app.state.labeller = labeller
+    _install_guards(app, token, host)
+    _add_routes(app, labeller)
+    app.mount("/static", StaticFiles(directory=_static()), name="static")
+    return app
+
+
+def _add_routes(app: FastAPI, labeller: Labeller) -> None:
+    from d3po.labelling.report import label_report
+
+    @app.get("/", include_in_schema=False)
+    def page() -> FileResponse:
+        return FileResponse(_static() / "index.html")
+
+    @app.get("/report", include_in_schema=False)
+    def report_page() -> FileResponse:
+        return FileResponse(_static() / "report.html")
+
+    @app.get("/api/config")
+    def config() -> dict[str, Any]:
+        return labeller.config()
+
+    @app.get("/api/next")
+    def next_task(annotator: AnnotatorName) -> dict[str, Any]:
+        return labeller.view(annotator)
+
+    @app.post("/api/decide")
+    def decide(decision: Decision) -> dict[str, Any]:
+        return labeller.decide(decision)
+
+    @app.post("/api/skip")
+    def skip(request: Skip) -> dict[str, Any]:
+        return labeller.skip(request)
+
+    @app.post("/api/undo")
+    def undo(request: Who) -> dict[str, Any]:
+        return labeller.undo(request.annotator)
+
+    @app.get("/api/report")
+    def report() -> dict[str, Any]:
+        with labeller.lock:
+            table = read_judgements(labeller.record.path, manifest=labeller.samples.manifest)
+        return label_report(labeller.samples.manifest, table)
+
+    @app.get("/images/{image_id}")
+    def image(image_id: str) -> FileResponse:
+        path = labeller.samples.files.get(image_id)  # ids from the manifest only
+        if path is None:
+            raise HTTPException(404, "unknown image id")
+        return FileResponse(path, headers={"Cache-Control": "private, max-age=3600"})

@@ -1,0 +1,115 @@
+"""Who judges what next: each task to ``annotators_per_prompt`` different people, balanced.
+
+The state is rebuilt from the record (``replay``), so a restarted app resumes where everyone
+left off. An annotator is always handed the open task with the fewest annotators so far
+(decided, or being judged right now), first in set order among equals; nobody gets a task
+twice (a skipped task counts as seen, and someone else covers it). The task an annotator is
+shown is held for them (a lease), so that a reload shows the same task; a lease older than
+``lease_seconds`` no longer keeps the task from others.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from d3po.labelling.tasks import Task
+from d3po.preferences import judged_images, live_judgements
+
+
+@dataclass
+class Lease:
+    task: str
+    since: float  # time.monotonic() when it was handed out
+
+
+@dataclass
+class Assignments:
+    tasks: dict[str, Task]
+    annotators_per_prompt: int
+    lease_seconds: float = 600.0
+    done: dict[str, set[str]] = field(default_factory=dict)  # task -> annotators who decided
+    seen: dict[str, set[str]] = field(default_factory=dict)  # annotator -> tasks decided/skipped
+    history: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # (decision, task)
+    leases: dict[str, Lease] = field(default_factory=dict)
+
+    def replay(self, judgements: pd.DataFrame, group_of: dict[str, str]) -> None:
+        """Take in every live decision of a record (undone ones are not live)."""
+        for row in live_judgements(judgements).itertuples():
+            images = judged_images(row)
+            task = group_of.get(images[0]) if images else None
+            if task in self.tasks:
+                self.record(row.annotator, task, row.decision, skipped=row.kind == "skip")
+
+    def record(self, annotator: str, task: str, decision: str | None, skipped: bool) -> None:
+        self.seen.setdefault(annotator, set()).add(task)
+        if not skipped:
+            self.done.setdefault(task, set()).add(annotator)
+        if decision is not None:
+            self.history.setdefault(annotator, []).append((decision, task))
+        lease = self.leases.get(annotator)
+        if lease is not None and lease.task == task:
+            del self.leases[annotator]
+
+    def undo(self, annotator: str) -> tuple[str, str] | None:
+        """Forget the annotator's last decision: (decision id, task), or None if none is left."""
+        history = self.history.get(annotator)
+        if not history:
+            return None
+        decision, task = history.pop()
+        self.seen[annotator].discard(task)
+        self.done.get(task, set()).discard(annotator)
+        return decision, task
+
+    def hold(self, annotator: str, task: str, now: float) -> None:
+        self.leases[annotator] = Lease(task, now)
+
+    def _coverage(self, task: str, now: float, besides: str) -> int:
+        """Annotators who decided ``task`` or hold a fresh lease on it, ``besides`` aside."""
+        holders = {
+            who
+            for who, lease in self.leases.items()
+            if lease.task == task and now - lease.since < self.lease_seconds
+        }
+        return len((self.done.get(task, set()) | holders) - {besides})
+
+    def open_tasks(self, annotator: str, now: float) -> list[str]:
+        """Tasks this annotator may still get, least covered first."""
+        seen = self.seen.get(annotator, set())
+        coverage = {
+            task: self._coverage(task, now, annotator) for task in self.tasks if task not in seen
+        }
+        open_ = [task for task, count in coverage.items() if count < self.annotators_per_prompt]
+        return sorted(open_, key=lambda task: coverage[task])  # stable: set order among equals
+
+    def next_task(self, annotator: str, now: float) -> Task | None:
+        """The task to show: the one held for this annotator, else the least covered one."""
+        lease = self.leases.get(annotator)
+        if lease is not None and lease.task not in self.seen.get(annotator, set()):
+            return self.tasks[lease.task]
+        candidates = self.open_tasks(annotator, now)
+        if not candidates:
+            self.leases.pop(annotator, None)
+            return None
+        self.hold(annotator, candidates[0], now)
+        return self.tasks[candidates[0]]
+
+    def progress(self, annotator: str, now: float) -> dict[str, int]:
+        """Counts for the two progress bars: this annotator's and the whole set's."""
+        mine = len(self.done_by(annotator))
+        needed = len(self.tasks) * self.annotators_per_prompt
+        covered = sum(min(len(who), self.annotators_per_prompt) for who in self.done.values())
+        left = set(self.open_tasks(annotator, now))
+        lease = self.leases.get(annotator)
+        if lease is not None and lease.task not in self.seen.get(annotator, set()):
+            left.add(lease.task)
+        return {
+            "mine_done": mine,
+            "mine_total": mine + len(left),
+            "set_done": covered,
+            "set_total": needed,
+        }
+
+    def done_by(self, annotator: str) -> list[str]:
+        return [task for task, who in self.done.items() if annotator in who]

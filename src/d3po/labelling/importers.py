@@ -1,0 +1,144 @@
+"""Judgements made elsewhere, written as our JSON Lines record (``d3po label-import``).
+
+- ``reference``: the D3PO reference implementation's human labels: one JSON file per annotator
+  (the file name is the annotator), holding a list with one entry per prompt, in the order the
+  set was sampled, each entry the list of that prompt's K scores (e.g. 1 good, 0 deformed).
+  The reference averages the files per image and orders each prompt's images by the mean;
+  ``score`` lines give exactly that (``preferences.decide_pairs``).
+- ``label-studio``: Label Studio's JSON export of a pairwise project (``<Pairwise>`` tag over
+  two ``<Image>`` tags): per task, two image URLs in ``data`` and per annotation a result of
+  type ``pairwise`` with ``value.selected`` ``left`` or ``right``. Images are matched to the
+  sample set by file name (Label Studio prefixes uploads with ``xxxxxxxx-``).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+import pandas as pd
+
+from d3po.preferences import (
+    append_judgements,
+    check_against_manifest,
+    index_manifest,
+    validate_judgement,
+)
+from d3po.rewards import read_manifest
+
+
+def _load_json(path: Path) -> Any:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8-sig"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: invalid JSON ({error.msg}, line {error.lineno})") from None
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _write(samples_dir: Path, out: Path, lines: list[tuple[str, dict[str, Any]]]) -> int:
+    """Check every (where, line) against the set, then append them all to ``out``."""
+    manifest = index_manifest(read_manifest(samples_dir))
+    for where, line in lines:
+        validate_judgement(line, where, set(manifest.index))
+        check_against_manifest(line, where, manifest)
+    append_judgements(out, [line for _, line in lines])
+    return len(lines)
+
+
+def import_reference(samples_dir: Path, files: list[Path], out: Path) -> int:
+    """One ``score`` line per prompt and file; returns the number of lines written."""
+    groups = [rows for _, rows in read_manifest(samples_dir).groupby("group", sort=True)]
+    lines = []
+    for path in map(Path, files):
+        scores = _load_json(path)
+        if not isinstance(scores, list) or len(scores) > len(groups):
+            raise ValueError(
+                f"{path}: expected a list of at most {len(groups)} prompts' scores (one list of "
+                "K numbers per prompt, in sampling order)"
+            )
+        # a file may stop early: the prompts after its last entry are left unjudged
+        for number, (entry, rows) in enumerate(zip(scores, groups, strict=False), start=1):
+            where = f"{path.name} prompt {number}"
+            if not isinstance(entry, list) or len(entry) != len(rows):
+                raise ValueError(f"{where}: expected a list of {len(rows)} scores, got {entry!r}")
+            line = {
+                "kind": "score",
+                "prompt": str(rows["prompt"].iloc[0]),
+                "scores": dict(zip(rows["id"].astype(str), entry, strict=True)),
+                "annotator": path.stem,
+                "time": _now(),
+                "protocol": "score",
+            }
+            lines.append((where, line))
+    return _write(samples_dir, out, lines)
+
+
+def _image_ids(manifest: pd.DataFrame) -> dict[str, str]:
+    """File name (and id) -> image id."""
+    names = {
+        Path(path).name: str(i) for i, path in zip(manifest["id"], manifest["path"], strict=True)
+    }
+    return {**{str(i): str(i) for i in manifest["id"]}, **names}
+
+
+def _match(url: Any, ids: dict[str, str], where: str) -> str:
+    name = Path(unquote(urlparse(str(url)).path)).name
+    for candidate in (name, name.split("-", 1)[-1], Path(name).stem):
+        if candidate in ids:
+            return ids[candidate]
+    raise ValueError(f"{where}: image {url!r} matches no image of the sample set")
+
+
+def _annotator(annotation: dict[str, Any]) -> str:
+    who = annotation.get("completed_by")
+    if isinstance(who, dict):
+        return str(who.get("email") or who.get("id"))
+    return f"label-studio-{who}"
+
+
+def import_label_studio(
+    samples_dir: Path, export: Path, out: Path, fields: tuple[str, str] = ("image1", "image2")
+) -> int:
+    """One ``pair`` line per pairwise annotation (left = ``a``); returns the lines written."""
+    manifest = read_manifest(samples_dir)
+    ids = _image_ids(manifest)
+    prompt_of = dict(zip(manifest["id"].astype(str), manifest["prompt"], strict=True))
+    tasks = _load_json(export)
+    if not isinstance(tasks, list):
+        raise ValueError(f"{export}: expected Label Studio's JSON export (a list of tasks)")
+    lines = []
+    for number, task in enumerate(tasks, start=1):
+        where = f"{Path(export).name} task {task.get('id', number)}"
+        data = task.get("data", {})
+        missing = [name for name in fields if name not in data]
+        if missing:
+            raise ValueError(f"{where}: data has no field(s) {missing}; pass --fields LEFT,RIGHT")
+        a, b = (_match(data[name], ids, where) for name in fields)
+        for annotation in task.get("annotations", []):
+            selected = [
+                result["value"].get("selected")
+                for result in annotation.get("result", [])
+                if result.get("type") == "pairwise"
+            ]
+            if annotation.get("was_cancelled") or not selected:
+                continue
+            if selected[0] not in ("left", "right"):
+                raise ValueError(f"{where}: pairwise selection {selected[0]!r} is not left/right")
+            line = {
+                "kind": "pair",
+                "prompt": str(prompt_of[a]),
+                "a": a,
+                "b": b,
+                "winner": "a" if selected[0] == "left" else "b",
+                "annotator": _annotator(annotation),
+                "time": annotation.get("created_at") or _now(),
+                "protocol": "pairwise",
+            }
+            lines.append((where, line))
+    return _write(samples_dir, out, lines)

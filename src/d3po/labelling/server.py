@@ -1,0 +1,104 @@
+"""Running the app: ``d3po label`` in the foreground, uvicorn in a thread (tests, the toy
+annotator), or ``d3po label`` in a process of its own (the benchmark, crash tests)."""
+
+from __future__ import annotations
+
+import secrets
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import uvicorn
+
+from d3po.labelling.app import create_app, is_loopback
+
+
+def serve(
+    samples_dir: Path,
+    judgements: Path,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    token: str | None = None,
+    **options,
+) -> None:
+    """Serve until Ctrl-C, printing the URL to open (with the token when one is needed)."""
+    if token is None and not is_loopback(host):
+        token = secrets.token_urlsafe(24)
+    app = create_app(samples_dir, judgements, token=token, host=host, **options)
+    shown_host = "localhost" if is_loopback(host) else host
+    url = f"http://{shown_host}:{port}/" + (f"?token={token}" if token else "")
+    labeller = app.state.labeller
+    print(
+        f"d3po label: {len(labeller.samples.tasks)} prompts, protocol {labeller.protocol}, "
+        f"record {judgements}\n    open {url}\n    report {url.replace('/?', '/report?')}",
+        flush=True,
+    )
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+
+
+@contextmanager
+def running(app, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+    """Serve ``app`` from a thread on a free port (``port=0``); yields its base URL."""
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the labelling app did not start")
+        time.sleep(0.01)
+    bound = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{bound}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+@contextmanager
+def app_process(
+    samples_dir: Path, judgements: Path, *options: str, host: str = "127.0.0.1"
+) -> Iterator[tuple[str, subprocess.Popen]]:
+    """``d3po label`` in a process of its own (benchmark, crash tests): (base URL, process).
+
+    ``options`` are more command-line arguments (``--protocol best`` ...). The process is
+    killed on exit if it is still running.
+    """
+    port = free_port(host)
+    command = [sys.executable, "-m", "d3po", "label", str(samples_dir), "--judgements",
+               str(judgements), "--host", host, "--port", str(port), *options]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_until_up(url, process)
+        yield url, process
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=30)
+
+
+def _wait_until_up(url: str, process: subprocess.Popen, seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"d3po label exited with status {process.returncode}")
+        try:
+            # any answer (401 without the token included) means the server is up
+            httpx.get(f"{url}/api/config", timeout=1)
+            return
+        except httpx.TransportError:
+            time.sleep(0.1)
+    raise RuntimeError(f"d3po label did not answer at {url} within {seconds:.0f} s")
