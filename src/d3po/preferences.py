@@ -444,16 +444,20 @@ def _last_byte(path: Path) -> bytes:
 
 
 class JudgementRecord:
-    """The record one labelling app appends to: each line on disk (fsync) before it returns.
+    """The record one labelling app appends to: each line on disk (fsync) before it is confirmed.
 
     The file is locked (``flock``) for the app's lifetime, so that a second app cannot write
-    to it at the same time; appends from several threads are serialised by a lock.
+    to it at the same time. Lines from several threads are written in order under a lock; the
+    fsync that makes them durable is shared (group commit): a thread waiting for its line
+    either finds it already synced by another thread's fsync or runs one that covers every
+    line written so far.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
+        self._write_lock, self._sync_lock = threading.Lock(), threading.Lock()
+        self._written = self._synced = 0  # lines written to the OS / known to be on disk
         self._handle = self.path.open("ab")
         try:
             fcntl.flock(self._handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -461,20 +465,34 @@ class JudgementRecord:
             self._handle.close()
             raise ValueError(f"{self.path}: another labelling app is writing this record") from None
         if self._handle.tell() > 0 and _last_byte(self.path) != b"\n":
-            self._write(b"\n")  # the cut-off line of a crash stays on its own line
+            self.wait_durable(self.write_line(b"\n"))  # a crash's cut-off line stays alone
 
-    def _write(self, data: bytes) -> None:
-        self._handle.write(data)
-        self._handle.flush()
-        os.fsync(self._handle.fileno())
+    def write_line(self, data: bytes) -> int:
+        """Hand ``data`` to the OS, in order; returns the ticket ``wait_durable`` takes."""
+        with self._write_lock:
+            self._handle.write(data)
+            self._handle.flush()
+            self._written += 1
+            return self._written
+
+    def wait_durable(self, ticket: int) -> None:
+        """Return once the line of ``ticket`` (and every earlier one) is on disk."""
+        with self._sync_lock:
+            if self._synced >= ticket:
+                return  # another thread's fsync covered it
+            covered = self._written  # every line up to here has reached the OS
+            os.fsync(self._handle.fileno())
+            self._synced = covered
+
+    def write(self, judgement: dict[str, Any]) -> int:
+        """Validate and write one line (not yet synced); returns its ticket."""
+        validate_judgement(judgement, where=f"{self.path.name} (new judgement)")
+        return self.write_line((_judgement_line(judgement) + "\n").encode("utf-8"))
 
     def append(self, judgement: dict[str, Any]) -> None:
         """Validate and append one line; it is on disk when this returns."""
-        validate_judgement(judgement, where=f"{self.path.name} (new judgement)")
-        data = (_judgement_line(judgement) + "\n").encode("utf-8")
-        with self._lock:
-            self._write(data)
+        self.wait_durable(self.write(judgement))
 
     def close(self) -> None:
-        with self._lock:
+        with self._write_lock, self._sync_lock:
             self._handle.close()  # also releases the flock

@@ -2,6 +2,7 @@
 
 Every decision is appended to the judgements record (``preferences.JudgementRecord``: locked,
 flushed and fsync'd) before the page is told it was saved; the app writes nothing else. The
+state changes under one lock, the fsync happens outside it (shared by concurrent requests). The
 assignment state is rebuilt from that record at start (``Assignments.replay``).
 
 Security: images are served by id from the manifest only (no client path reaches the file
@@ -25,9 +26,10 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from starlette.datastructures import MutableHeaders
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from d3po.labelling.assign import Assignments
@@ -151,31 +153,38 @@ class Labeller:
             raise HTTPException(422, f"'scores' must rate each of {list(task.images)} in {allowed}")
         return {"kind": "score", "scores": {image: scores[image] for image in task.images}}
 
-    def _append(self, annotator: str, task: Task, fields: dict[str, Any]) -> str:
+    def _append(self, annotator: str, task: Task, fields: dict[str, Any]) -> tuple[str, int]:
+        """Write the decision's line and take it into the state: (decision id, record ticket)."""
         decision = uuid.uuid4().hex[:16]
         line = {**fields, "prompt": task.prompt, "annotator": annotator, "time": _now()}
         line.update(decision=decision, protocol=self.protocol)
         lease = self.assignments.leases.get(annotator)
         if lease is not None and lease.task == task.key:
             line["seconds"] = round(time.monotonic() - lease.since, 3)
-        self.record.append(line)  # on disk before the state changes and the reply is sent
+        ticket = self.record.write(line)
         self.assignments.record(annotator, task.key, decision, skipped=fields["kind"] == "skip")
-        return decision
+        return decision, ticket
+
+    def _saved(self, annotator: str, key: str, fields_of) -> dict[str, Any]:
+        """Append the decision on ``key``; reply only once its line is on disk."""
+        with self.lock:
+            task = self._assigned(annotator, key)
+            decision, ticket = self._append(annotator, task, fields_of(task))
+            reply = {"saved": decision, **self._view(annotator)}
+        self.record.wait_durable(ticket)  # outside the lock: one fsync serves many requests
+        return reply
 
     def decide(self, decision: Decision) -> dict[str, Any]:
-        with self.lock:
-            task = self._assigned(decision.annotator, decision.task)
-            saved = self._append(decision.annotator, task, self._answer(task, decision))
-            return {"saved": saved, **self._view(decision.annotator)}
+        return self._saved(
+            decision.annotator, decision.task, lambda task: self._answer(task, decision)
+        )
 
     def skip(self, request: Skip) -> dict[str, Any]:
-        with self.lock:
-            task = self._assigned(request.annotator, request.task)
-            fields = {"kind": "skip", "images": list(task.images)}
-            return {
-                "saved": self._append(request.annotator, task, fields),
-                **self._view(request.annotator),
-            }
+        return self._saved(
+            request.annotator,
+            request.task,
+            lambda task: {"kind": "skip", "images": list(task.images)},
+        )
 
     def undo(self, annotator: str) -> dict[str, Any]:
         with self.lock:
@@ -184,44 +193,58 @@ class Labeller:
                 raise HTTPException(409, f"{annotator!r} has no decision to undo")
             decision, task = history[-1]
             line = {"kind": "undo", "undoes": decision, "annotator": annotator, "time": _now()}
-            self.record.append({**line, "protocol": self.protocol})
+            ticket = self.record.write({**line, "protocol": self.protocol})
             self.assignments.undo(annotator)
             self.assignments.hold(annotator, task, time.monotonic())
-            return {"undone": decision, **self._view(annotator)}
+            reply = {"undone": decision, **self._view(annotator)}
+        self.record.wait_durable(ticket)
+        return reply
 
 
 def _static() -> Path:
     return Path(str(resources.files("d3po.labelling") / "static"))
 
 
-def _install_guards(app: FastAPI, token: str | None, host: str) -> None:
-    """Host check on loopback binds, the access token elsewhere, bounded bodies, headers."""
+class Guard:
+    """ASGI middleware: the access token (when set), bounded POST bodies, safety headers."""
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next):
-        if token is not None and not _has_token(request, token):
-            return JSONResponse(
-                {"detail": "missing or wrong access token: open the URL d3po label printed"},
-                status_code=401,
-            )
+    def __init__(self, app, token: str | None) -> None:
+        self.app, self.token = app, token
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        request = Request(scope)
+        refusal = self._refusal(request)
+        if refusal is not None:
+            return await refusal(scope, receive, send)
+        via_query = self.token is not None and request.query_params.get("token") == self.token
+
+        async def send_with_headers(message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                headers["X-Content-Type-Options"] = "nosniff"
+                headers["X-Frame-Options"] = "DENY"
+                headers["Content-Security-Policy"] = "default-src 'self'"
+                if via_query:  # the printed URL: remember the token as a cookie, as Jupyter does
+                    headers.append("Set-Cookie", f"{TOKEN_COOKIE}={self.token}; HttpOnly; "
+                                   "SameSite=Strict; Path=/")  # fmt: skip
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+    def _refusal(self, request: Request) -> JSONResponse | None:
+        if self.token is not None and not _has_token(request, self.token):
+            detail = "missing or wrong access token: open the URL d3po label printed"
+            return JSONResponse({"detail": detail}, status_code=401)
         if request.method == "POST":
             length = request.headers.get("content-length")
             if length is None or not length.isdigit():
                 return JSONResponse({"detail": "a Content-Length is required"}, status_code=411)
             if int(length) > MAX_BODY_BYTES:
-                return JSONResponse(
-                    {"detail": f"body over {MAX_BODY_BYTES} bytes"}, status_code=413
-                )
-        response: Response = await call_next(request)
-        response.headers["X-Content-Type-Options"] = "nosniff"
-        response.headers["X-Frame-Options"] = "DENY"
-        response.headers["Content-Security-Policy"] = "default-src 'self'"
-        if token is not None and request.query_params.get("token") == token:
-            response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="strict")
-        return response
-
-    if is_loopback(host):
-        app.add_middleware(TrustedHostMiddleware, allowed_hosts=LOOPBACK_HOSTS)
+                detail = f"body over {MAX_BODY_BYTES} bytes"
+                return JSONResponse({"detail": detail}, status_code=413)
+        return None
 
 
 def _has_token(request: Request, token: str) -> bool:
@@ -266,7 +289,9 @@ def create_app(
     app = FastAPI(title="d3po label", lifespan=lifespan, docs_url=None, redoc_url=None,
                   openapi_url=None)  # fmt: skip
     app.state.labeller = labeller
-    _install_guards(app, token, host)
+    app.add_middleware(Guard, token=token)
+    if is_loopback(host):  # DNS rebinding: a loopback app answers loopback names only
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=LOOPBACK_HOSTS)
     _add_routes(app, labeller)
     app.mount("/static", StaticFiles(directory=_static()), name="static")
     return app

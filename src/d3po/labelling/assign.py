@@ -65,23 +65,27 @@ class Assignments:
     def hold(self, annotator: str, task: str, now: float) -> None:
         self.leases[annotator] = Lease(task, now)
 
-    def _coverage(self, task: str, now: float, besides: str) -> int:
-        """Annotators who decided ``task`` or hold a fresh lease on it, ``besides`` aside."""
-        holders = {
-            who
-            for who, lease in self.leases.items()
-            if lease.task == task and now - lease.since < self.lease_seconds
+    def _coverage(self, now: float, besides: str) -> dict[str, int]:
+        """Per task: annotators who decided it or hold a fresh lease on it, ``besides`` aside."""
+        holders: dict[str, set[str]] = {}
+        for who, lease in self.leases.items():
+            if who != besides and now - lease.since < self.lease_seconds:
+                holders.setdefault(lease.task, set()).add(who)
+        return {
+            task: len((self.done.get(task, set()) | holders.get(task, set())) - {besides})
+            for task in self.tasks
         }
-        return len((self.done.get(task, set()) | holders) - {besides})
 
     def open_tasks(self, annotator: str, now: float) -> list[str]:
         """Tasks this annotator may still get, least covered first."""
         seen = self.seen.get(annotator, set())
-        coverage = {
-            task: self._coverage(task, now, annotator) for task in self.tasks if task not in seen
-        }
-        open_ = [task for task, count in coverage.items() if count < self.annotators_per_prompt]
-        return sorted(open_, key=lambda task: coverage[task])  # stable: set order among equals
+        coverage = self._coverage(now, annotator)
+        open_ = [
+            task
+            for task in self.tasks
+            if task not in seen and coverage[task] < self.annotators_per_prompt
+        ]
+        return sorted(open_, key=coverage.__getitem__)  # stable: set order among equals
 
     def next_task(self, annotator: str, now: float) -> Task | None:
         """The task to show: the one held for this annotator, else the least covered one."""

@@ -33,7 +33,7 @@ def _criterion(name: str):
 def _image(client: httpx.Client, url: str) -> torch.Tensor:
     response = client.get(url)
     response.raise_for_status()
-    pixels = np.asarray(Image.open(io.BytesIO(response.content)).convert("RGB"), dtype=np.uint8)
+    pixels = np.array(Image.open(io.BytesIO(response.content)).convert("RGB"), dtype=np.uint8)
     return torch.from_numpy(pixels).permute(2, 0, 1).float() / 255  # (3, H, W)
 
 
