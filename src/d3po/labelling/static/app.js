@@ -119,6 +119,7 @@ function show(next) {
   $("mine-text").textContent = `${p.mine_done} / ${p.mine_total}`;
   $("set").max = Math.max(p.set_total, 1); $("set").value = p.set_done;
   $("set-text").textContent = `${p.set_done} / ${p.set_total}`;
+  if (!$("login").hidden && document.activeElement) document.activeElement.blur(); // keys judge now
   $("login").hidden = true;
   $("judge").hidden = view.task === null;
   $("finished").hidden = view.task !== null;
@@ -182,12 +183,17 @@ function saveScores() {
   decide({scores});
 }
 
+function login() {
+  $("login").hidden = false;
+  $("name").focus();
+}
+
 async function start(name) {
   try {
     show(await api(`/api/next?annotator=${encodeURIComponent(name)}`));
     status("");
   } catch (error) {
-    $("login").hidden = false;
+    login();
     status(error.message, true);
   }
 }
@@ -208,7 +214,7 @@ async function main() {
     start($("name").value.trim());
   });
   const saved = localStorage.getItem(NAME_KEY);
-  if (saved) start(saved); else $("login").hidden = false;
+  if (saved) start(saved); else login();
 }
 
 main();
