@@ -55,6 +55,7 @@ def test_an_annotator_judges_undoes_reloads_and_continues(page, tmp_path):
         page.press("#name", "Enter")
         done = page.locator("#mine-text")
         expect(done).to_have_text("0 / 6")
+        expect(page.locator("#login")).to_be_hidden()
         image = page.locator("#images img").first
         expect(image).to_have_js_property("width", 256)  # 16 px, scaled up 16 times...
         assert image.evaluate("img => getComputedStyle(img).imageRendering") == "pixelated"
