@@ -83,8 +83,9 @@ def run(annotators: int, decisions: int, protocol: str, images_per_prompt: int) 
                 thread.join()
             seconds = time.perf_counter() - start
         total = sum(map(len, saved))
-        assert total == annotators * decisions, f"only {total} decisions were saved"
-        assert len(read_judgements(record)) == total
+        if total != annotators * decisions or len(read_judgements(record)) != total:
+            raise RuntimeError(f"{total} decisions confirmed, {len(read_judgements(record))} "
+                               f"recorded, {annotators * decisions} expected")  # fmt: skip
     return total / seconds
 
 
