@@ -12,8 +12,9 @@ import httpx
 import numpy as np
 import pytest
 
-from d3po.labelling.app import MAX_BODY_BYTES, create_app
+from d3po.labelling.app import create_app
 from d3po.labelling.benchmark import judge_all, write_world_set
+from d3po.labelling.guard import MAX_BODY_BYTES
 from d3po.labelling.server import app_process, running
 from d3po.preferences import decide_pairs, live_judgements, preference_pairs, read_judgements
 from d3po.rewards import read_manifest

@@ -6,16 +6,12 @@ state changes under one lock, the fsync happens outside it (shared by concurrent
 assignment state is rebuilt from that record at start (``Assignments.replay``).
 
 Security: images are served by id from the manifest only (no client path reaches the file
-system); every request field is validated (pydantic models, ids from this set, winners from the
-protocol, bodies of at most ``MAX_BODY_BYTES``); a loopback bind accepts only loopback Host
-headers (DNS rebinding); any other bind requires the access token (header, cookie, or the
-``?token=`` of the printed URL, as Jupyter does).
+system); every request field is validated (pydantic models here; ids from this set, winners
+from the protocol); the token, body size and Host checks are ``guard``'s.
 """
 
 from __future__ import annotations
 
-import ipaddress
-import secrets
 import threading
 import time
 import uuid
@@ -25,22 +21,18 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi import FastAPI, HTTPException
+from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
-from starlette.datastructures import MutableHeaders
-from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from d3po.labelling.assign import Assignments
+from d3po.labelling.guard import is_loopback, protect
 from d3po.labelling.tasks import SampleSet, Task, load_sample_set
 from d3po.preferences import JudgementRecord, read_judgements
 
-MAX_BODY_BYTES = 16 * 1024
-TOKEN_COOKIE = "d3po_token"
 #: Values of one image under the score protocol, per scale.
 SCALES: dict[str, tuple[int, ...]] = {"good-bad": (0, 1), "1-5": (1, 2, 3, 4, 5)}
-LOOPBACK_HOSTS = ["127.0.0.1", "localhost", "[::1]", "::1"]
 
 AnnotatorName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9 ._@+-]{0,63}$")]
 TaskKey = Annotated[str, StringConstraints(pattern=r"^g[0-9]{4,8}$")]
@@ -60,15 +52,6 @@ class Decision(Skip):
     best: ImageId | None = None  # protocol best
     winner: Literal["a", "b", "tie"] | None = None  # protocol pairwise
     scores: dict[ImageId, int] | None = Field(default=None, max_length=64)  # protocol score
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def _now() -> str:
@@ -205,58 +188,6 @@ def _static() -> Path:
     return Path(str(resources.files("d3po.labelling") / "static"))
 
 
-class Guard:
-    """ASGI middleware: the access token (when set), bounded POST bodies, safety headers."""
-
-    def __init__(self, app, token: str | None) -> None:
-        self.app, self.token = app, token
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        request = Request(scope)
-        refusal = self._refusal(request)
-        if refusal is not None:
-            return await refusal(scope, receive, send)
-        via_query = self.token is not None and request.query_params.get("token") == self.token
-
-        async def send_with_headers(message) -> None:
-            if message["type"] == "http.response.start":
-                headers = MutableHeaders(scope=message)
-                headers["X-Content-Type-Options"] = "nosniff"
-                headers["X-Frame-Options"] = "DENY"
-                headers["Content-Security-Policy"] = "default-src 'self'"
-                if via_query:  # the printed URL: remember the token as a cookie, as Jupyter does
-                    headers.append("Set-Cookie", f"{TOKEN_COOKIE}={self.token}; HttpOnly; "
-                                   "SameSite=Strict; Path=/")  # fmt: skip
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
-
-    def _refusal(self, request: Request) -> JSONResponse | None:
-        if self.token is not None and not _has_token(request, self.token):
-            detail = "missing or wrong access token: open the URL d3po label printed"
-            return JSONResponse({"detail": detail}, status_code=401)
-        if request.method == "POST":
-            length = request.headers.get("content-length")
-            if length is None or not length.isdigit():
-                return JSONResponse({"detail": "a Content-Length is required"}, status_code=411)
-            if int(length) > MAX_BODY_BYTES:
-                detail = f"body over {MAX_BODY_BYTES} bytes"
-                return JSONResponse({"detail": detail}, status_code=413)
-        return None
-
-
-def _has_token(request: Request, token: str) -> bool:
-    header = request.headers.get("authorization", "")
-    offered = [
-        header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else "",
-        request.cookies.get(TOKEN_COOKIE, ""),
-        request.query_params.get("token", ""),
-    ]
-    return any(secrets.compare_digest(value, token) for value in offered if value)
-
-
 def create_app(
     samples_dir: Path,
     judgements: Path,
@@ -289,9 +220,7 @@ def create_app(
     app = FastAPI(title="d3po label", lifespan=lifespan, docs_url=None, redoc_url=None,
                   openapi_url=None)  # fmt: skip
     app.state.labeller = labeller
-    app.add_middleware(Guard, token=token)
-    if is_loopback(host):  # DNS rebinding: a loopback app answers loopback names only
-        app.add_middleware(TrustedHostMiddleware, allowed_hosts=LOOPBACK_HOSTS)
+    protect(app, token, host)
     _add_routes(app, labeller)
     app.mount("/static", StaticFiles(directory=_static()), name="static")
     return app

@@ -16,7 +16,8 @@ from pathlib import Path
 import httpx
 import uvicorn
 
-from d3po.labelling.app import create_app, is_loopback
+from d3po.labelling.app import create_app
+from d3po.labelling.guard import is_loopback
 
 
 def serve(
