@@ -81,3 +81,29 @@ def test_an_annotator_judges_undoes_reloads_and_continues(page, tmp_path):
     ]
     assert chosen == [("0000", "0000_00"), ("0001", "0001_01"), ("0002", "0002_02"),
                       ("0003", "0003_00")]  # fmt: skip
+
+
+@pytest.mark.parametrize("protocol", ["score", "pairwise"])
+def test_the_score_and_pairwise_pages_by_keyboard(page, tmp_path, protocol):
+    from playwright.sync_api import expect
+
+    samples, record = tmp_path / "samples", tmp_path / "labels.jsonl"
+    write_world_set(samples, prompts=2, images_per_prompt=3, seed=6)
+    with running(create_app(samples, record, protocol)) as url:
+        page.goto(url)
+        page.fill("#name", "ben")
+        page.press("#name", "Enter")
+        done = page.locator("#mine-text")
+        expect(done).to_have_text("0 / 2")
+        keys = ["1", "1", "ArrowLeft", "0", "1", " "] if protocol == "score" else ["2"]
+        for key in keys:  # score: good, good, back one, bad (instead), good, save
+            page.keyboard.press(key)
+        expect(done).to_have_text("1 / 2")
+        page.keyboard.press(" ")  # pairwise: tie; score: nothing rated yet, nothing saved
+        expect(done).to_have_text("2 / 2" if protocol == "pairwise" else "1 / 2")
+    lines = list(read_judgements(record).itertuples())
+    if protocol == "score":
+        (line,) = lines
+        assert list(line.scores.values()) == [1, 0, 1]
+    else:
+        assert [line.winner for line in lines] == ["b", "tie"]
