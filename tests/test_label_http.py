@@ -96,6 +96,11 @@ def test_the_score_and_pairwise_protocols_write_their_lines(small_set, tmp_path)
         with running(app) as url, httpx.Client(base_url=url) as client:
             task = next_view(client, "ana")["task"]
             ids = [image["id"] for image in task["images"]]
+            if protocol == "score":  # values off the scale, booleans, a missing image: refused
+                for values in ([5, 1, 7], [5, 1, True], [5, 1]):
+                    bad = {"scores": dict(zip(ids, values, strict=False))}
+                    body = {"annotator": "ana", "task": task["key"], **bad}
+                    assert client.post("/api/decide", json=body).status_code == 422, values
             answer = answer or {"scores": dict(zip(ids, [5, 1, 3], strict=True))}
             body = {"annotator": "ana", "task": task["key"], **answer}
             assert client.post("/api/decide", json=body).status_code == 200
@@ -130,6 +135,7 @@ def test_the_toy_annotator_judges_over_http_like_the_judge(tmp_path):
     assert len(expected) > 0
 
 
+@pytest.mark.slow
 def test_eight_annotators_at_once_lose_and_duplicate_nothing(large_set, tmp_path):
     record = tmp_path / "labels.jsonl"
     saved: dict[str, list[str]] = {}
@@ -153,6 +159,7 @@ def test_eight_annotators_at_once_lose_and_duplicate_nothing(large_set, tmp_path
     assert (per_task["annotator"].nunique() == 8).all() and per_task.ngroups == 250
 
 
+@pytest.mark.slow
 def test_a_killed_app_keeps_every_confirmed_decision(large_set, tmp_path):
     record = tmp_path / "labels.jsonl"
     confirmed: list[str] = []

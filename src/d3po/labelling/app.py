@@ -24,7 +24,7 @@ from typing import Annotated, Any, Literal
 from fastapi import FastAPI, HTTPException
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints
 
 from d3po.labelling.assign import Assignments
 from d3po.labelling.guard import is_loopback, protect
@@ -51,7 +51,7 @@ class Skip(Who):
 class Decision(Skip):
     best: ImageId | None = None  # protocol best
     winner: Literal["a", "b", "tie"] | None = None  # protocol pairwise
-    scores: dict[ImageId, int] | None = Field(default=None, max_length=64)  # protocol score
+    scores: dict[ImageId, StrictInt] | None = Field(default=None, max_length=64)  # protocol score
 
 
 def _now() -> str:
