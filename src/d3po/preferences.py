@@ -124,16 +124,16 @@ def _check_images(record: dict[str, Any], where: str, known_ids: set[str] | None
         _check_known(image, "images", where, known_ids)
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def _check_scores(record: dict[str, Any], where: str, known_ids: set[str] | None) -> None:
     scores = record["scores"]
     if not isinstance(scores, dict) or not scores:
         raise ValueError(f"{where}: field 'scores' must map image ids to numbers")
     for image, value in scores.items():
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or not math.isfinite(value)
-        ):
+        if not _is_number(value) or not math.isfinite(value):
             raise ValueError(
                 f"{where}: field 'scores' gives image {image!r} a non-number {value!r}"
             )
@@ -190,7 +190,7 @@ def validate_judgement(
     if record.get("protocol", PROTOCOLS[0]) not in PROTOCOLS:
         raise ValueError(f"{where}: field 'protocol' must be one of {', '.join(PROTOCOLS)}")
     seconds = record.get("seconds", 0)
-    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not seconds >= 0:
+    if not _is_number(seconds) or not seconds >= 0:
         raise ValueError(f"{where}: field 'seconds' must be a number >= 0, got {seconds!r}")
     try:
         datetime.fromisoformat(record["time"].replace("Z", "+00:00"))
