@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from d3po.labelling.app import create_app
+from d3po.labelling.assign import prompts_left
 from d3po.labelling.benchmark import judge_all, write_world_set
 from d3po.labelling.guard import MAX_BODY_BYTES
 from d3po.labelling.server import app_process, running
@@ -66,6 +67,9 @@ def test_each_prompt_goes_to_n_different_annotators_balanced(small_set, tmp_path
     for tasks in seen.values():
         assert len(set(tasks)) == len(tasks)  # nobody sees a prompt twice
     table = read_judgements(tmp_path / "labels.jsonl", manifest=read_manifest(small_set))
+    assert prompts_left(small_set, tmp_path / "labels.jsonl", 2) == 0
+    assert prompts_left(small_set, tmp_path / "labels.jsonl", 3) == 6
+    assert prompts_left(small_set, tmp_path / "missing.jsonl", 1) == 6
     per_prompt = table.groupby("prompt")["annotator"].nunique()
     assert (per_prompt == 2).all() and len(per_prompt) == 6
 

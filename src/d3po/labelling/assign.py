@@ -11,11 +11,12 @@ shown is held for them (a lease), so that a reload shows the same task; a lease 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pandas as pd
 
 from d3po.labelling.tasks import Task
-from d3po.preferences import judged_images, live_judgements
+from d3po.preferences import judged_images, live_judgements, read_judgements
 
 
 @dataclass
@@ -117,3 +118,15 @@ class Assignments:
 
     def done_by(self, annotator: str) -> list[str]:
         return [task for task, who in self.done.items() if annotator in who]
+
+
+def prompts_left(samples_dir: Path, judgements: Path, annotators_per_prompt: int = 1) -> int:
+    """Prompts of a sample set that fewer than ``annotators_per_prompt`` people decided yet
+    (0: the set is fully judged; a missing record: every prompt)."""
+    from d3po.labelling.tasks import load_sample_set
+
+    samples = load_sample_set(samples_dir, "best")  # every protocol has one task per prompt
+    state = Assignments(samples.tasks, annotators_per_prompt)
+    if Path(judgements).is_file():
+        state.replay(read_judgements(judgements, manifest=samples.manifest), samples.group_of)
+    return sum(len(state.done.get(task, ())) < annotators_per_prompt for task in samples.tasks)
