@@ -73,6 +73,9 @@ def test_an_annotator_judges_undoes_reloads_and_continues(page, tmp_path):
         expect(page.locator("#prompt")).to_have_text(fourth)
         page.keyboard.press("1")
         expect(done).to_have_text("4 / 6")
+        page.goto(f"{url}/report")  # the report page shows the same record
+        expect(page.locator("#annotators tbody tr")).to_have_count(1)
+        expect(page.locator("#training")).to_contain_text("8 decided pairs for training")
     table = read_judgements(record)
     assert list(table["kind"]) == ["best"] * 4 + ["undo", "best"]
     live = live_judgements(table)
