@@ -57,6 +57,12 @@ def snakemake(workdir: Path, *args: str, timeout: int = 300) -> subprocess.Compl
     )
 
 
+def dry_run(workdir: Path, config_file: str) -> subprocess.CompletedProcess:
+    """`snakemake --dry-run` with ``config_file`` alone as the config."""
+    arguments = ["--dry-run", "--cores", "1", "--configfile", config_file]
+    return snakemake(workdir, *arguments, "--replace-workflow-config")
+
+
 def job_counts(output: str) -> dict[str, int]:
     """The first 'Job stats' table of a Snakemake run as {rule: count} (without 'total')."""
     table = output.split("Job stats:", 1)[1]
@@ -102,15 +108,7 @@ def test_lint_is_clean(workdir: Path):
 @pytest.mark.parametrize("config_file", CONFIGS, ids=[path.name for path in CONFIGS])
 def test_dry_run_of_every_config(workdir: Path, config_file: Path):
     config = yaml.safe_load(config_file.read_text())
-    result = snakemake(
-        workdir,
-        "--dry-run",
-        "--cores",
-        "1",
-        "--configfile",
-        f"config/{config_file.name}",
-        "--replace-workflow-config",
-    )
+    result = dry_run(workdir, f"config/{config_file.name}")
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     counts = job_counts(output)
@@ -181,6 +179,26 @@ def prompt_outside_the_toy_world(config):
     config["prompts"]["shapes"].append("a magenta circle")
 
 
+def misspelt_proxy_option(config):
+    config["proxies"] = {"jpeg_compressibility": {"qualty": 50}}
+
+
+def mistyped_proxy_option(config):
+    config["proxies"] = {"jpeg_incompressibility": {"quality": "high"}}
+
+
+def hub_model_not_in_the_cache(config):
+    config["model"]["source"] = "nobody/not-downloaded-model"
+
+
+def misspelt_field(config):
+    config["lora"]["rnak"] = 8
+
+
+def mistyped_field(config):
+    config["training"]["epochs"] = "ten"
+
+
 BAD_CONFIGS = {
     unknown_proxy: [
         "experiments.compressibility.objectives",
@@ -188,8 +206,13 @@ BAD_CONFIGS = {
         "jpeg_compressibility",
     ],
     unknown_evaluation_proxy: ["evaluation.proxies", "jpeg_sharpness"],
-    unknown_method: ["methods", "ppo"],
-    empty_prompt_list: ["shapes", "non-empty"],
+    unknown_method: ["bad.yaml line", "experiments.compressibility.methods[1] = 'ppo'", "ddpo"],
+    empty_prompt_list: ["bad.yaml line", "prompts.shapes = []", "non-empty"],
+    misspelt_field: ["bad.yaml line", ": lora.rnak = 8", "allowed fields: alpha, rank"],
+    mistyped_field: ["bad.yaml line", "training.epochs = 'ten'", "integer"],
+    misspelt_proxy_option: ["proxies.jpeg_compressibility", "'qualty'", "quality (int"],
+    mistyped_proxy_option: ["proxies.jpeg_incompressibility.quality", "expected int", "'high'"],
+    hub_model_not_in_the_cache: ["model.source", "nobody/not-downloaded-model", "HF cache"],
     unknown_prompt_list: ["experiments.compressibility.prompts", "animals", "shapes"],
     missing_model_folder: ["model.source", "./models/not-downloaded"],
     prompt_outside_the_toy_world: ["prompts.shapes", "magenta", "known colours"],
@@ -222,6 +245,23 @@ def test_bad_config_fails_before_any_job(workdir: Path, break_config):
     for needle in BAD_CONFIGS[break_config]:
         assert needle in output, f"{needle!r} not in the error:\n{output}"
     assert "Job stats" not in output, output
+    assert "Failed validating" not in output, output  # one line, not a dump of the schema
     assert sorted((workdir / "results").rglob("*")) == before
     for path, text in earlier.items():
         assert (workdir / path).read_text() == text
+
+
+def test_truncated_model_weights_fail_before_any_job(workdir: Path):
+    """A model folder whose .safetensors was cut short: found from its header, before any job."""
+    model = workdir / "models" / "toy-copy"
+    shutil.copytree(REPO / "src" / "d3po" / "assets" / "toy", model)
+    weights = model / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100_000])
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config["model"]["source"] = "./models/toy-copy"
+    (workdir / "bad.yaml").write_text(yaml.safe_dump(config))
+    result = dry_run(workdir, "bad.yaml")
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert "models/toy-copy/unet/diffusion_pytorch_model.safetensors: truncated" in output, output
+    assert "Job stats" not in output, output

@@ -23,6 +23,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from d3po.errors import ConfigError, UserError
+
 
 def _json(value: str) -> Any:
     path = Path(value)
@@ -69,7 +71,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         from d3po.feedback import load_labelled
 
         if not (args.samples and args.judgements):
-            raise ValueError("--samples and --judgements go together (a judged sample set)")
+            raise ConfigError("--samples and --judgements go together (a judged sample set)")
         labelled = load_labelled(args.samples, args.judgements)
     train(settings, args.run_dir, args.state_dir, labelled=labelled)
 
@@ -209,11 +211,9 @@ def main(argv: list[str] | None = None) -> None:
     elif rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     _quiet_libraries()
-    from d3po.config import StateError
-
     try:
         args.run(args)
-    except (ValueError, FileNotFoundError, StateError) as error:  # the user can fix these
+    except UserError as error:  # one line for what the user can fix; anything else: traceback
         print(f"d3po {args.step}: error: {error}", file=sys.stderr)
         raise SystemExit(1) from None
 
