@@ -265,3 +265,35 @@ def test_truncated_model_weights_fail_before_any_job(workdir: Path):
     assert result.returncode != 0, output
     assert "models/toy-copy/unet/diffusion_pytorch_model.safetensors: truncated" in output, output
     assert "Job stats" not in output, output
+
+
+# --------------------------------------------------------------------------- report texts
+
+
+def render_report_text(name: str, config: dict, **wildcards: str) -> str:
+    """A report text as Snakemake renders it: Jinja with ``snakemake``, then docutils HTML."""
+    import jinja2
+    from docutils.core import publish_parts
+
+    snakemake_object = type("Snakemake", (), {"config": config, "wildcards": wildcards})
+    text = jinja2.Environment().from_string((REPO / "workflow" / "report" / name).read_text())
+    return publish_parts(text.render(snakemake=snakemake_object), writer="html")["html_body"]
+
+
+@pytest.mark.parametrize("config_file", CONFIGS, ids=[path.name for path in CONFIGS])
+def test_report_landing_page_says_what_the_run_was(config_file: Path):
+    from snakemake.utils import validate
+
+    config = yaml.safe_load(config_file.read_text())
+    validate(config, str(REPO / "workflow" / "schemas" / "config.schema.yaml"))  # defaults
+    page = render_report_text("workflow.rst", config)
+    assert config["model"]["source"] in page
+    for name, experiment in config["experiments"].items():
+        assert name in page and experiment["objectives"][0] in page
+    assert "system-message" not in page, page  # docutils' way of showing an RST error
+
+
+def test_sample_grid_caption_puts_the_base_model_on_the_left():
+    caption = render_report_text("samples.rst", {}, experiment="safety")
+    assert "LEFT column is the base model" in caption and "top" not in caption
+    assert "system-message" not in caption

@@ -6,9 +6,9 @@
                   [--samples DIR --judgements JSONL]                 D3PO on human judgements
     d3po annotate --samples DIR --criterion NAME --out JSONL          toy world's annotator
     d3po collect  --runs JSON --out CSV                               evaluation table
-    d3po plot-curves  --evaluation CSV --out PNG [--metrics LABEL=CSV ...]
+    d3po plot-curves  --evaluation CSV --out PNG [--metrics LABEL=CSV ...] [--objective NAME]
     d3po plot-samples --before DIR --after LABEL=DIR ... --out PNG
-    d3po table    --evaluation CSV ... --out-csv CSV --out-md MD [--paper JSON]
+    d3po table    --evaluation CSV ... --out-csv CSV --out-md MD [--out-html HTML] [--paper JSON]
     d3po benchmark ...                                                throughput and memory
     d3po gpu-smoke                                                    what a job sees
 
@@ -97,7 +97,8 @@ def cmd_collect(args: argparse.Namespace) -> None:
 def cmd_plot_curves(args: argparse.Namespace) -> None:
     from d3po.plots import plot_curves
 
-    plot_curves(args.evaluation, args.out, dict(args.metrics) if args.metrics else None)
+    metrics = dict(args.metrics) if args.metrics else None
+    plot_curves(args.evaluation, args.out, metrics, objective=args.objective)
 
 
 def cmd_plot_samples(args: argparse.Namespace) -> None:
@@ -110,7 +111,12 @@ def cmd_table(args: argparse.Namespace) -> None:
     from d3po.plots import results_table
 
     summary = results_table(
-        args.evaluation, args.out_csv, args.out_md, paper=args.paper, objectives=args.objectives
+        args.evaluation,
+        args.out_csv,
+        args.out_md,
+        paper=args.paper,
+        objectives=args.objectives,
+        out_html=args.out_html,
     )
     print(Path(args.out_md).read_text() if len(summary) < 40 else f"wrote {args.out_md}")
 
@@ -176,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     curves = steps.add_parser("plot-curves", help="held-out reward vs samples seen")
     curves.add_argument("--evaluation", type=Path, nargs="+", required=True)
     curves.add_argument("--metrics", type=_labelled, nargs="*")
+    curves.add_argument("--objective", help="the proxy trained on (the training panel's unit)")
     curves.add_argument("--out", type=Path, required=True)
     curves.set_defaults(run=cmd_plot_curves)
 
@@ -189,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("--evaluation", type=Path, nargs="+", required=True)
     table.add_argument("--out-csv", type=Path, required=True)
     table.add_argument("--out-md", type=Path, required=True)
+    table.add_argument("--out-html", type=Path, help="also an HTML page (for the report)")
     table.add_argument("--paper", type=_json, default=None)
     table.add_argument("--objectives", type=_json, default=None)
     table.set_defaults(run=cmd_table)

@@ -14,6 +14,7 @@ value against the number of samples seen in training.
 from __future__ import annotations
 
 import csv
+import html
 import os
 import textwrap
 from collections.abc import Sequence
@@ -335,35 +336,66 @@ def _format(mean: float, std: float, seeds: int) -> str:
     return f"{mean:.3g} ± {std:.2g}" if seeds > 1 else f"{mean:.3g}"
 
 
-def _markdown(summary: pd.DataFrame) -> str:
-    """A GitHub Markdown table (written by hand: no tabulate dependency)."""
-    header = [
-        "objective",
-        "method",
-        "proxy",
-        "start (base)",
-        "end",
-        "seeds",
-        "paper start",
-        "paper end",
-    ]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+TABLE_HEADER = (
+    "objective",
+    "method",
+    "proxy",
+    "start (base)",
+    "end",
+    "seeds",
+    "paper start",
+    "paper end",
+)
+
+
+def _table_cells(summary: pd.DataFrame) -> list[tuple[bool, list[str]]]:
+    """Per row of the summary: (is the objective proxy, the cells under TABLE_HEADER)."""
+    rows = []
     for row in summary.itertuples(index=False):
-        proxy = f"**{row.proxy}**" if row.objective else row.proxy
         paper_start = "" if pd.isna(row.paper_start) else f"{row.paper_start:g}"
         paper = "" if pd.isna(row.paper) else f"{row.paper:g}"
         cells = [
             row.experiment,
             row.method,
-            proxy,
+            row.proxy,
             _format(row.start_mean, row.start_std, row.start_seeds),
             _format(row.end_mean, row.end_std, row.seeds),
             str(row.seeds),
             paper_start,
             paper,
         ]
+        rows.append((bool(row.objective), cells))
+    return rows
+
+
+def _markdown(summary: pd.DataFrame) -> str:
+    """A GitHub Markdown table (written by hand: no tabulate dependency); objective in bold."""
+    lines = ["| " + " | ".join(TABLE_HEADER) + " |", "|" + "---|" * len(TABLE_HEADER)]
+    for objective, cells in _table_cells(summary):
+        cells[2] = f"**{cells[2]}**" if objective else cells[2]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _html(summary: pd.DataFrame) -> str:
+    """The same table as a small HTML page (the Snakemake report shows HTML files inline)."""
+    header = "".join(f"<th>{html.escape(name)}</th>" for name in TABLE_HEADER)
+    body = []
+    for objective, cells in _table_cells(summary):
+        cells = [html.escape(cell) for cell in cells]
+        cells[2] = f"<b>{cells[2]}</b>" if objective else cells[2]
+        body.append("<tr>" + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>")
+    style = (
+        "table{border-collapse:collapse;font-family:sans-serif;font-size:14px}"
+        "th,td{border:1px solid #ccc;padding:3px 8px;text-align:left}"
+    )
+    return (
+        f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>results table</title>"
+        f"<style>{style}</style></head><body>\n<table>\n<tr>{header}</tr>\n"
+        + "\n".join(body)
+        + "\n</table>\n<p>Bold: the experiment's objective. Mean ± std over seeds (the mean "
+        "alone for one seed); the base model is one sample set.</p>\n</body></html>\n"
+    )
 
 
 def results_table(
@@ -372,6 +404,7 @@ def results_table(
     out_md: Path,
     paper: dict[str, dict[str, float]] | None = None,
     objectives: dict[str, str] | None = None,
+    out_html: Path | None = None,
 ) -> pd.DataFrame:
     """Start and end values per experiment x method x proxy, mean ± std over seeds.
 
@@ -396,4 +429,6 @@ def results_table(
     summary["paper"] = [paper_value(row, row.method) for row in rows]
     _write_atomically(summary, Path(out_csv))
     _write_atomically(_markdown(summary), Path(out_md))
+    if out_html is not None:
+        _write_atomically(_html(summary), Path(out_html))
     return summary
