@@ -297,3 +297,20 @@ def test_sample_grid_caption_puts_the_base_model_on_the_left():
     caption = render_report_text("samples.rst", {}, experiment="safety")
     assert "LEFT column is the base model" in caption and "top" not in caption
     assert "system-message" not in caption
+
+
+def test_make_report_reuses_the_config_of_the_last_make_run(tmp_path: Path):
+    for name in ("Makefile", "pyproject.toml"):
+        shutil.copy(REPO / name, tmp_path / name)
+
+    def recipe(*arguments: str) -> str:  # what make would run (-n: nothing is run)
+        result = subprocess.run(["make", "-n", *arguments], cwd=tmp_path, capture_output=True)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.decode()
+
+    run = recipe("run", "CONFIG=config/toy-paper.yaml")
+    assert "echo 'config/toy-paper.yaml' > results/.make-run-config" in run
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / ".make-run-config").write_text("config/toy-paper.yaml\n")
+    assert "--configfile config/toy-paper.yaml" in recipe("report")
+    assert "--configfile config/paper.yaml" in recipe("report", "CONFIG=config/paper.yaml")
