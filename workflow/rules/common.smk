@@ -6,6 +6,7 @@ the checks below (fail before any job, naming the field) -> one JSON settings do
 """
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -19,11 +20,14 @@ from snakemake.utils import validate
 
 
 def config_files():
-    """This run's config files, the one that wins first (--configfile over the Snakefile's)."""
+    """This run's config files, the one that wins first (--configfile over the Snakefile's),
+    relative to the working directory when they are under it."""
     given = [str(path) for path in workflow.overwrite_configfiles or []]
-    return list(reversed(given)) + [
+    files = list(reversed(given)) + [
         str(path) for path in workflow.configfiles if str(path) not in given
     ]
+    relative = [os.path.relpath(path) for path in files]
+    return [r if not r.startswith("..") else f for r, f in zip(relative, files)]
 
 
 def yaml_line(path, keys):
