@@ -11,6 +11,7 @@ from d3po.models import (
     ModelSpec,
     add_lora,
     build_tokenizer,
+    check_model_files,
     check_source,
     load_lora,
     load_lora_state,
@@ -176,18 +177,18 @@ def _saved_tiny_folder(pipe, folder):
 
 def test_truncated_or_missing_weights_are_found_before_loading(tiny_pipe, tmp_path):
     weights = _saved_tiny_folder(tiny_pipe, tmp_path / "model")
-    check_source(str(tmp_path / "model"))  # whole: no error
+    check_model_files(str(tmp_path / "model"))  # whole: no error
     data = weights.read_bytes()
     weights.write_bytes(data[: len(data) // 2])
     with pytest.raises(ModelNotFoundError, match="truncated") as raised:
-        check_source(str(tmp_path / "model"))
+        check_model_files(str(tmp_path / "model"))
     assert str(weights) in str(raised.value) and "\n" not in str(raised.value)
     weights.write_bytes(data[:5])
     with pytest.raises(ModelNotFoundError, match=str(weights)):
-        check_source(str(tmp_path / "model"))
+        check_model_files(str(tmp_path / "model"))
     weights.unlink()
     with pytest.raises(ModelNotFoundError, match="no weights file") as raised:
-        check_source(str(tmp_path / "model"))
+        check_model_files(str(tmp_path / "model"))
     assert str(weights.parent) in str(raised.value)
 
 
@@ -196,6 +197,7 @@ def test_hub_id_not_in_the_cache_is_found_before_loading(monkeypatch, tmp_path):
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
     with pytest.raises(ModelNotFoundError, match="not in the local HF cache") as raised:
-        check_source("someone/not-downloaded", local_files_only=True)
+        check_model_files("someone/not-downloaded", local_files_only=True)
     assert "someone/not-downloaded" in str(raised.value) and "\n" not in str(raised.value)
-    check_source("someone/not-downloaded", local_files_only=False)  # may download: no check
+    check_model_files("someone/not-downloaded", local_files_only=False)  # may download
+    check_source("someone/not-downloaded")  # a name is not checked against the cache

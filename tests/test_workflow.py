@@ -187,10 +187,6 @@ def mistyped_proxy_option(config):
     config["proxies"] = {"jpeg_incompressibility": {"quality": "high"}}
 
 
-def hub_model_not_in_the_cache(config):
-    config["model"]["source"] = "nobody/not-downloaded-model"
-
-
 def misspelt_field(config):
     config["lora"]["rnak"] = 8
 
@@ -212,7 +208,6 @@ BAD_CONFIGS = {
     mistyped_field: ["bad.yaml line", "training.epochs = 'ten'", "integer"],
     misspelt_proxy_option: ["proxies.jpeg_compressibility", "'qualty'", "quality (int"],
     mistyped_proxy_option: ["proxies.jpeg_incompressibility.quality", "expected int", "'high'"],
-    hub_model_not_in_the_cache: ["model.source", "nobody/not-downloaded-model", "HF cache"],
     unknown_prompt_list: ["experiments.compressibility.prompts", "animals", "shapes"],
     missing_model_folder: ["model.source", "./models/not-downloaded"],
     prompt_outside_the_toy_world: ["prompts.shapes", "magenta", "known colours"],
@@ -251,20 +246,32 @@ def test_bad_config_fails_before_any_job(workdir: Path, break_config):
         assert (workdir / path).read_text() == text
 
 
-def test_truncated_model_weights_fail_before_any_job(workdir: Path):
-    """A model folder whose .safetensors was cut short: found from its header, before any job."""
+def hub_model_not_in_the_cache(workdir: Path) -> tuple[str, str]:
+    return "nobody/not-downloaded-model", "model.source: 'nobody/not-downloaded-model' is not"
+
+
+def truncated_weights(workdir: Path) -> tuple[str, str]:
     model = workdir / "models" / "toy-copy"
     shutil.copytree(REPO / "src" / "d3po" / "assets" / "toy", model)
     weights = model / "unet" / "diffusion_pytorch_model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100_000])
+    return "./models/toy-copy", "models/toy-copy/unet/diffusion_pytorch_model.safetensors: trunc"
+
+
+@pytest.mark.parametrize("break_model", [hub_model_not_in_the_cache, truncated_weights])
+def test_an_unusable_model_stops_the_run_before_any_job(workdir: Path, break_model):
+    """Files are checked when the run starts (a dry run only plans: it passes)."""
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    config["model"]["source"] = "./models/toy-copy"
+    config["model"]["source"], needle = break_model(workdir)
     (workdir / "bad.yaml").write_text(yaml.safe_dump(config))
-    result = dry_run(workdir, "bad.yaml")
+    assert dry_run(workdir, "bad.yaml").returncode == 0
+    result = snakemake(
+        workdir, "--cores", "1", "--configfile", "bad.yaml", "--replace-workflow-config"
+    )
     output = result.stdout + result.stderr
     assert result.returncode != 0, output
-    assert "models/toy-copy/unet/diffusion_pytorch_model.safetensors: truncated" in output, output
-    assert "Job stats" not in output, output
+    assert needle in output, output
+    assert not (workdir / "results").exists(), output  # no job ran
 
 
 # --------------------------------------------------------------------------- report texts

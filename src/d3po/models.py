@@ -87,7 +87,7 @@ def load_pipeline(spec: ModelSpec, device: torch.device | str = "cpu"):
     """Load the pipeline named by ``spec``, frozen (no gradients), on ``device``."""
     from diffusers import DDIMScheduler
 
-    check_source(spec.source, spec.revision, spec.local_files_only)
+    check_model_files(spec.source, spec.revision, spec.local_files_only)
     if spec.source == "tiny-random":
         pipe = build_tiny_pipeline(seed=spec.seed)
     elif spec.source == "sd15-random":
@@ -123,29 +123,38 @@ def torch_dtype(name: str) -> torch.dtype:
     return dtypes[name]
 
 
-def check_source(source: str, revision: str | None = None, local_files_only: bool = True) -> None:
-    """Fail early, in one line naming the field or the file, when the model cannot load.
+def check_source(source: str) -> None:
+    """Fail early, naming the field, when ``source`` names a local folder that is not there.
 
-    Checks, cheaply (file headers only): a local folder exists and holds a diffusers model
-    whose weights files are present and whole; a hub id, when loading offline, is in the local
-    HF cache, and that copy is whole. A hub id is 'name' or 'owner/name'; a source starting with
-    '.', '/' or '~', or with more than one slash, is a folder.
+    A hub id is 'name' or 'owner/name'; a source starting with '.', '/' or '~', or with more
+    than one slash, is a folder. Looks at names only: :func:`check_model_files` reads the files.
     """
-    if source in ("tiny-random", "sd15-random"):  # built in memory
-        return
-    if source == "toy":
-        check_model_folder(TOY_MODEL_DIR, hint="Rebuild it with `d3po pretrain-toy`.")
-        return
-    folder = Path(source).expanduser()
-    if folder.exists():
-        check_model_folder(folder)
+    if source in EMBEDDED_MODELS or Path(source).expanduser().exists():
         return
     if source.startswith((".", "/", "~")) or source.count("/") > 1:
         raise ModelNotFoundError(
             f"model.source: folder '{source}' does not exist. Point it at a diffusers model "
             "folder (with model_index.json), a hub id, or one of: " + ", ".join(EMBEDDED_MODELS)
         )
-    if _offline(local_files_only):
+
+
+def check_model_files(
+    source: str, revision: str | None = None, local_files_only: bool = True
+) -> None:
+    """Fail early, in one line naming the field or the file, when the model cannot load.
+
+    Cheap (file headers only): a local folder holds a diffusers model whose weights files are
+    present and whole; a hub id, when loading offline, is in the local HF cache, and that copy
+    is whole. Online hub ids are not checked (the loader may download them).
+    """
+    check_source(source)
+    if source in ("tiny-random", "sd15-random"):  # built in memory
+        return
+    if source == "toy":
+        check_model_folder(TOY_MODEL_DIR, hint="Rebuild it with `d3po pretrain-toy`.")
+    elif Path(source).expanduser().exists():
+        check_model_folder(Path(source).expanduser())
+    elif _offline(local_files_only):
         check_model_folder(_cached_snapshot(source, revision), hint=_download_hint(source))
 
 

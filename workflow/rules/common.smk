@@ -156,7 +156,7 @@ def check_config(config):
             )
     if config["model"]["source"] == "toy":
         check_toy_prompts()
-    check_model()
+    check_model(files=False)
 
 
 def check_proxy_options():
@@ -175,15 +175,28 @@ def check_proxy_options():
             raise WorkflowError(str(error)) from None
 
 
-def check_model():
-    """The model loads: a folder or cached hub copy with whole weights files (headers only)."""
-    from d3po.models import ModelNotFoundError, check_source
+def check_model(files=True):
+    """The model loads: a local folder exists; with ``files``, the folder or the cached hub copy
+    holds whole weights files (read from their headers only)."""
+    from d3po.models import ModelNotFoundError, check_model_files, check_source
 
     model = config["model"]
     try:
-        check_source(model["source"], model["revision"], model["local_files_only"])
+        if files:
+            check_model_files(
+                model["source"], model["revision"], model["local_files_only"]
+            )
+        else:
+            check_source(model["source"])
     except ModelNotFoundError as error:
         raise WorkflowError(str(error)) from None
+
+
+# The model's files are checked when a run starts, before its first job (and before Snakemake
+# removes the old outputs of any job); a dry run only plans, so it also works on a machine
+# that does not hold the weights, e.g. to plan config/paper.yaml.
+onstart:
+    check_model()
 
 
 def check_judged_experiment(name, experiment):
