@@ -206,7 +206,7 @@ BAD_CONFIGS = {
     empty_prompt_list: ["bad.yaml line", "prompts.shapes = []", "non-empty"],
     misspelt_field: ["bad.yaml line", ": lora.rnak = 8", "allowed fields: alpha, rank"],
     mistyped_field: ["bad.yaml line", "training.epochs = 'ten'", "integer"],
-    misspelt_proxy_option: ["proxies.jpeg_compressibility", "'qualty'", "quality (int"],
+    misspelt_proxy_option: ["bad.yaml line", ": proxies.jpeg_compressibility", "'qualty'"],
     mistyped_proxy_option: ["proxies.jpeg_incompressibility.quality", "expected int", "'high'"],
     unknown_prompt_list: ["experiments.compressibility.prompts", "animals", "shapes"],
     missing_model_folder: ["model.source", "./models/not-downloaded"],

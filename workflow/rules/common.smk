@@ -59,6 +59,15 @@ def field_name(keys):
     )
 
 
+def config_location(keys):
+    """'FILE line N' of the config file that sets the entry at ``keys``, or 'config'."""
+    for path in config_files():
+        line = yaml_line(path, keys)
+        if line is not None:
+            return f"{path} line {line}"
+    return "config"
+
+
 def schema_error_line(error):
     """One line: the config file (and line), the field, the bad value and what is allowed
     (jsonschema's message says it, except for an unknown field: then list the known ones).
@@ -71,12 +80,7 @@ def schema_error_line(error):
         keys, value = keys + unknown[:1], value[unknown[0]] if unknown else value
         problem = "unknown field"
         allowed = f"allowed fields: {', '.join(known)}"
-    where = "config"
-    for path in config_files():
-        line = yaml_line(path, keys)
-        if line is not None:
-            where = f"{path} line {line}"
-            break
+    where = config_location(keys)
     shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
     message = f"{where}: {field_name(keys) or '(top level)'} = {shown}: {problem}"
     return f"{message}; {allowed}" if allowed else message
@@ -172,7 +176,8 @@ def check_proxy_options():
         try:
             check_options(name, options, where=f"proxies.{name}")
         except ConfigError as error:
-            raise WorkflowError(str(error)) from None
+            location = config_location(["proxies", name])
+            raise WorkflowError(f"{location}: {error}") from None
 
 
 def check_model(files=True):
