@@ -20,14 +20,20 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -e '.[dev]'
 	touch $(STAMP)
 
+# `make run` records its config, so that a later `make report` (without CONFIG=) reports on it.
+LAST_CONFIG := results/.make-run-config
+REPORT_CONFIG = $(if $(filter command line,$(origin CONFIG)),$(CONFIG),$(or $(shell cat $(LAST_CONFIG) 2>/dev/null),$(CONFIG)))
+
 run: $(STAMP)
+	mkdir -p results && echo '$(CONFIG)' > $(LAST_CONFIG)
 	$(SNAKEMAKE)
 
 dryrun: $(STAMP)
 	$(SNAKEMAKE) --dry-run
 
 report: $(STAMP)
-	$(SNAKEMAKE) --report results/report.html
+	$(BIN)/snakemake --cores $(CORES) --configfile $(REPORT_CONFIG) --replace-workflow-config \
+		--report results/report.html
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -17,6 +17,10 @@ min_version("9.0")
 configfile: "config/config.yaml"
 
 
+# the report's landing page: what this run was (rendered from the config)
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/sample.smk"
 include: "workflow/rules/score.smk"

@@ -178,3 +178,24 @@ def test_the_judged_round_trains_on_the_judgements(results: Path):
     assert (metrics["units"] == 1).all()  # one decided pair; the split vote is no pair
     evaluation = pd.read_csv(results / "judged/evaluation.csv")
     assert set(evaluation["method"]) == {"base", "d3po"}
+
+
+def test_the_report_shows_the_results_table_and_what_the_run_was(results: Path):
+    workdir = results.parent
+    bin_dir = str(Path(sys.executable).parent)
+    env = os.environ | {"PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
+    command = [sys.executable, "-m", "snakemake", "--configfile", "tiny.yaml"]
+    report = subprocess.run(
+        [*command, "--replace-workflow-config", "--report", "results/report.html"],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert report.returncode == 0, report.stderr
+    page = (results / "report.html").read_text()
+    assert "Fine-tuning of" in page and "tiny-random" in page
+    assert "results_table.html" in page  # shown inline, not only as a CSV to download
+    table = (results / "results_table.html").read_text()
+    assert "<table>" in table and "compressibility" in table

@@ -11,6 +11,8 @@ from d3po.models import (
     ModelSpec,
     add_lora,
     build_tokenizer,
+    check_model_files,
+    check_source,
     load_lora,
     load_lora_state,
     load_pipeline,
@@ -132,3 +134,70 @@ def test_half_precision_on_a_cpu_falls_back_to_float32_with_a_warning():
     with pytest.warns(UserWarning, match="float32"):
         pipe = load_pipeline(ModelSpec(source="tiny-random", dtype="float16"), "cpu")
     assert next(pipe.unet.parameters()).dtype == torch.float32
+
+
+def test_adapter_alpha_survives_a_round_trip_through_load_lora_weights(fresh_pipe, tmp_path):
+    """rank 4, alpha 8: diffusers' loader must run the adapter at alpha / rank = 2, not 1."""
+    perturb(add_lora(fresh_pipe.unet, LoraSpec(rank=4, alpha=8.0)), seed=5)
+    x, t, embeds = unet_inputs(fresh_pipe)
+    with torch.no_grad():
+        expected = fresh_pipe.unet(x, t, embeds).sample
+    save_lora(fresh_pipe.unet, tmp_path)
+
+    reloaded = load_pipeline(ModelSpec(source="tiny-random", seed=0))
+    reloaded.load_lora_weights(str(tmp_path), weight_name="pytorch_lora_weights.safetensors")
+    config = next(iter(reloaded.unet.peft_config.values()))
+    assert (config.r, config.lora_alpha) == (4, 8.0)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded.unet(x, t, embeds).sample, expected)
+    ours = load_pipeline(ModelSpec(source="tiny-random", seed=0))
+    load_lora(ours, tmp_path)  # the project's own checkpoint loading
+    with torch.no_grad():
+        torch.testing.assert_close(ours.unet(x, t, embeds).sample, expected)
+
+
+def test_tiny_model_asks_for_no_clipping_and_raises_no_clip_sample_warning():
+    """diffusers turns clip_sample off for these pipelines; the model says so itself."""
+    import warnings
+
+    from d3po.models import build_tiny_pipeline
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        pipe = build_tiny_pipeline(seed=0)
+        loaded = load_pipeline(ModelSpec(source="toy"))
+    assert pipe.scheduler.config.clip_sample is False
+    assert loaded.scheduler.config.clip_sample is False
+
+
+def _saved_tiny_folder(pipe, folder):
+    pipe.save_pretrained(folder)
+    return folder / "unet" / "diffusion_pytorch_model.safetensors"
+
+
+def test_truncated_or_missing_weights_are_found_before_loading(tiny_pipe, tmp_path):
+    weights = _saved_tiny_folder(tiny_pipe, tmp_path / "model")
+    check_model_files(str(tmp_path / "model"))  # whole: no error
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelNotFoundError, match="truncated") as raised:
+        check_model_files(str(tmp_path / "model"))
+    assert str(weights) in str(raised.value) and "\n" not in str(raised.value)
+    weights.write_bytes(data[:5])
+    with pytest.raises(ModelNotFoundError, match=str(weights)):
+        check_model_files(str(tmp_path / "model"))
+    weights.unlink()
+    with pytest.raises(ModelNotFoundError, match="no weights file") as raised:
+        check_model_files(str(tmp_path / "model"))
+    assert str(weights.parent) in str(raised.value)
+
+
+def test_hub_id_not_in_the_cache_is_found_before_loading(monkeypatch, tmp_path):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(ModelNotFoundError, match="not in the local HF cache") as raised:
+        check_model_files("someone/not-downloaded", local_files_only=True)
+    assert "someone/not-downloaded" in str(raised.value) and "\n" not in str(raised.value)
+    check_model_files("someone/not-downloaded", local_files_only=False)  # may download
+    check_source("someone/not-downloaded")  # a name is not checked against the cache

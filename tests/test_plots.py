@@ -118,3 +118,58 @@ def test_results_table_start_end_over_seeds(tmp_path: Path) -> None:
     markdown = (tmp_path / "r.md").read_text()
     assert markdown.startswith("| objective | method | proxy |")
     assert "| jpeg | d3po | **jpeg** | 10.5 ± 0.5 | 16.5 ± 0.5 | 2 | 107 | 285 |" in markdown
+
+
+def _one_seed_table(experiment: str = "compressibility") -> pd.DataFrame:
+    """Base and one D3PO seed at two checkpoints, on the JPEG proxy (kB) and a toy rate."""
+    rows = []
+    for proxy, base in (("jpeg_compressibility", -0.8), ("toy_safe", 0.8)):
+        rows.append((experiment, "base", 0, 0, 0, proxy, base, 0.1, 72, base - 0.02, base + 0.02))
+        for epoch in (4, 8):
+            value = base + 0.01 * epoch
+            run = (experiment, "d3po", 0, epoch, 32 * epoch)
+            rows.append((*run, proxy, value, 0.1, 72, value - 0.03, value + 0.05))
+    return pd.DataFrame(rows, columns=plots.EVALUATION_COLUMNS)
+
+
+def test_curves_show_units_the_95_percent_intervals_and_the_experiment(tmp_path: Path) -> None:
+    evaluation = tmp_path / "evaluation.csv"
+    table = _one_seed_table()
+    table.to_csv(evaluation, index=False)
+    metrics = tmp_path / "metrics.csv"
+    pd.DataFrame({"epoch": [1, 2], "samples_seen": [32, 64], "reward_mean": [-0.8, -0.79]}).to_csv(
+        metrics, index=False
+    )
+    figure = plots.curves_figure(evaluation, {"d3po": metrics}, objective="jpeg_compressibility")
+    jpeg, safe, training = [axis for axis in figure.axes if axis.get_visible()]
+    assert "compressibility" in figure._suptitle.get_text()
+    assert "(kB)" in jpeg.get_ylabel() and "(kB)" in training.get_ylabel()
+    assert "(kB)" not in safe.get_ylabel()
+    assert "images" in jpeg.get_xlabel()
+    # the shaded band of the D3PO line is evaluation.csv's 95 % interval, from the base at 0
+    band = jpeg.collections[-1].get_paths()[0].vertices
+    rows = table[(table["proxy"] == "jpeg_compressibility")]
+    assert band[:, 1].min() == pytest.approx(rows["ci_low"].min())
+    assert band[:, 1].max() == pytest.approx(rows["ci_high"].max())
+    assert set(np.round(band[:, 0])) == {0, 128, 256}
+
+
+def test_a_judged_run_draws_no_empty_training_panel(tmp_path: Path) -> None:
+    evaluation = tmp_path / "evaluation.csv"
+    _one_seed_table("safety_judged").to_csv(evaluation, index=False)
+    metrics = tmp_path / "metrics.csv"  # a judged run trains on judgements: no reward
+    pd.DataFrame({"epoch": [1, 2], "samples_seen": [32, 64], "reward_mean": [np.nan] * 2}).to_csv(
+        metrics, index=False
+    )
+    figure = plots.curves_figure(evaluation, {"d3po": metrics}, objective="toy_safe")
+    titles = [axis.get_title() for axis in figure.axes if axis.get_visible()]
+    assert titles == ["held-out jpeg_compressibility", "held-out toy_safe"]
+
+
+def test_results_table_of_one_seed_shows_no_zero_spread(tmp_path: Path) -> None:
+    evaluation = tmp_path / "evaluation.csv"
+    _one_seed_table().to_csv(evaluation, index=False)
+    plots.results_table([evaluation], tmp_path / "r.csv", tmp_path / "r.md")
+    markdown = (tmp_path / "r.md").read_text()
+    assert "±" not in markdown
+    assert "| compressibility | d3po | jpeg_compressibility | -0.8 | -0.72 | 1 |" in markdown

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from d3po import rewards
+from d3po.errors import ConfigError
 
 TINY_CLIP_CONFIG = {
     "model_cfg": {
@@ -55,14 +56,14 @@ def test_smooth_image_is_more_compressible_than_noise() -> None:
     np.testing.assert_array_equal(compressibility, -incompressibility)
 
 
-def test_jpeg_kilobytes_match_pil_bytes_over_1024() -> None:
+def test_jpeg_kilobytes_match_pil_bytes_over_1000() -> None:
     images = _smooth_and_noise()
     expected = []
     for image in images:
         array = (image.permute(1, 2, 0).numpy() * 255).round().clip(0, 255).astype(np.uint8)
         buffer = io.BytesIO()
         Image.fromarray(array).save(buffer, format="JPEG", quality=95)
-        expected.append(len(buffer.getvalue()) / 1024)
+        expected.append(len(buffer.getvalue()) / 1000)  # the reference implementations' kB
     np.testing.assert_allclose(
         rewards.score("jpeg_incompressibility", images, ["a", "b"]), expected
     )
@@ -76,16 +77,63 @@ def test_unknown_proxy_lists_known_names() -> None:
     )
 
 
-def test_register_adds_a_proxy() -> None:
-    @rewards.register("_test_brightness")
-    def brightness(images: torch.Tensor, prompts: list[str], **_: object) -> np.ndarray:
-        return images.mean(dim=(1, 2, 3)).double().numpy()
+def test_register_adds_a_proxy_with_its_declared_options() -> None:
+    @rewards.register("_test_brightness", unit="pixel value")
+    def brightness(images: torch.Tensor, prompts: list[str], gain: float = 1.0) -> np.ndarray:
+        return gain * images.mean(dim=(1, 2, 3)).double().numpy()
 
     try:
-        values = rewards.score("_test_brightness", torch.full((2, 3, 4, 4), 0.25), ["a", "b"])
+        images = torch.full((2, 3, 4, 4), 0.25)
+        values = rewards.score("_test_brightness", images, ["a", "b"])
         np.testing.assert_allclose(values, [0.25, 0.25])
+        values = rewards.score("_test_brightness", images, ["a", "b"], {"gain": 2})
+        np.testing.assert_allclose(values, [0.5, 0.5])
+        option = rewards.proxy_options("_test_brightness")["gain"]
+        assert (option.type, option.default) == (float, 1.0)
+        assert rewards.proxy_unit("_test_brightness") == "pixel value"
     finally:
         del rewards._REGISTRY["_test_brightness"]
+
+
+def test_a_proxy_without_declared_options_is_refused() -> None:
+    with pytest.raises(TypeError, match="declared"):
+
+        @rewards.register("_test_open")
+        def open_options(images: torch.Tensor, prompts: list[str], **options) -> np.ndarray:
+            return np.zeros(len(prompts))
+
+    assert "_test_open" not in rewards._REGISTRY
+
+
+@pytest.mark.parametrize(
+    ("options", "needles"),
+    [
+        ({"qualty": 50}, ["proxies.jpeg_compressibility", "'qualty'", "quality (int, default 95)"]),
+        ({"quality": "50"}, ["proxies.jpeg_compressibility.quality", "expected int", "'50'"]),
+        ({"quality": 50.0}, ["proxies.jpeg_compressibility.quality", "expected int"]),
+    ],
+)
+def test_unknown_or_mistyped_proxy_options_are_config_errors(options, needles) -> None:
+    images = torch.zeros(1, 3, 8, 8)
+    with pytest.raises(ConfigError) as raised:
+        rewards.score("jpeg_compressibility", images, ["a"], options)
+    for needle in needles:
+        assert needle in str(raised.value)
+    assert "\n" not in str(raised.value)
+
+
+def test_aesthetic_options_are_declared() -> None:
+    declared = rewards.proxy_options("aesthetic")
+    assert set(declared) == {
+        "head_path",
+        "clip_model",
+        "clip_pretrained",
+        "clip_checkpoint",
+        "allow_random_clip",
+    }
+    assert declared["allow_random_clip"].default is False
+    with pytest.raises(ConfigError, match="allow_random_clip"):
+        rewards.check_proxy_options("aesthetic", {"allow_random_clip": "yes"})
 
 
 @pytest.fixture(scope="module")

@@ -124,3 +124,23 @@ def test_eta_zero_is_refused(tiny_pipe, sampler):
 
     with pytest.raises(ValueError, match="eta"):
         sample(tiny_pipe, ["a red circle"], 2, [0], replace(sampler, eta=0.0))
+
+
+@pytest.mark.parametrize("set_alpha_to_one", [False, True])
+def test_last_step_has_a_finite_log_prob_with_either_final_alpha(set_alpha_to_one):
+    """The last step goes to timestep 0 (as the reference code clamps it), so sigma_t > 0 even
+    when the scheduler's final alpha is 1."""
+    scheduler = make_scheduler(set_alpha_to_one=set_alpha_to_one)
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 4, 8, 8, generator=generator)
+    model_output = torch.randn(2, 4, 8, 8, generator=generator)
+    last = scheduler.timesteps[-1].repeat(2)
+    step = ddim_step(scheduler, model_output, last, x, 1.0)
+    assert torch.all(step.std > 0)
+    assert torch.isfinite(step.log_prob).all()
+    scored = ddim_step(scheduler, model_output, last, x, 1.0, prev_sample=step.prev_sample)
+    torch.testing.assert_close(scored.log_prob, step.log_prob)
+    alpha_0 = scheduler.alphas_cumprod[0]
+    alpha_t = scheduler.alphas_cumprod[last[0]]
+    expected_std = ((1 - alpha_0) / (1 - alpha_t) * (1 - alpha_t / alpha_0)).sqrt()
+    torch.testing.assert_close(step.std.flatten(), expected_std.float().repeat(2))

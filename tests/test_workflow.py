@@ -57,6 +57,12 @@ def snakemake(workdir: Path, *args: str, timeout: int = 300) -> subprocess.Compl
     )
 
 
+def dry_run(workdir: Path, config_file: str) -> subprocess.CompletedProcess:
+    """`snakemake --dry-run` with ``config_file`` alone as the config."""
+    arguments = ["--dry-run", "--cores", "1", "--configfile", config_file]
+    return snakemake(workdir, *arguments, "--replace-workflow-config")
+
+
 def job_counts(output: str) -> dict[str, int]:
     """The first 'Job stats' table of a Snakemake run as {rule: count} (without 'total')."""
     table = output.split("Job stats:", 1)[1]
@@ -102,15 +108,7 @@ def test_lint_is_clean(workdir: Path):
 @pytest.mark.parametrize("config_file", CONFIGS, ids=[path.name for path in CONFIGS])
 def test_dry_run_of_every_config(workdir: Path, config_file: Path):
     config = yaml.safe_load(config_file.read_text())
-    result = snakemake(
-        workdir,
-        "--dry-run",
-        "--cores",
-        "1",
-        "--configfile",
-        f"config/{config_file.name}",
-        "--replace-workflow-config",
-    )
+    result = dry_run(workdir, f"config/{config_file.name}")
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     counts = job_counts(output)
@@ -181,6 +179,22 @@ def prompt_outside_the_toy_world(config):
     config["prompts"]["shapes"].append("a magenta circle")
 
 
+def misspelt_proxy_option(config):
+    config["proxies"] = {"jpeg_compressibility": {"qualty": 50}}
+
+
+def mistyped_proxy_option(config):
+    config["proxies"] = {"jpeg_incompressibility": {"quality": "high"}}
+
+
+def misspelt_field(config):
+    config["lora"]["rnak"] = 8
+
+
+def mistyped_field(config):
+    config["training"]["epochs"] = "ten"
+
+
 BAD_CONFIGS = {
     unknown_proxy: [
         "experiments.compressibility.objectives",
@@ -188,8 +202,12 @@ BAD_CONFIGS = {
         "jpeg_compressibility",
     ],
     unknown_evaluation_proxy: ["evaluation.proxies", "jpeg_sharpness"],
-    unknown_method: ["methods", "ppo"],
-    empty_prompt_list: ["shapes", "non-empty"],
+    unknown_method: ["bad.yaml line", "experiments.compressibility.methods[1] = 'ppo'", "ddpo"],
+    empty_prompt_list: ["bad.yaml line", "prompts.shapes = []", "non-empty"],
+    misspelt_field: ["bad.yaml line", ": lora.rnak = 8", "allowed fields: alpha, rank"],
+    mistyped_field: ["bad.yaml line", "training.epochs = 'ten'", "integer"],
+    misspelt_proxy_option: ["bad.yaml line", ": proxies.jpeg_compressibility", "'qualty'"],
+    mistyped_proxy_option: ["proxies.jpeg_incompressibility.quality", "expected int", "'high'"],
     unknown_prompt_list: ["experiments.compressibility.prompts", "animals", "shapes"],
     missing_model_folder: ["model.source", "./models/not-downloaded"],
     prompt_outside_the_toy_world: ["prompts.shapes", "magenta", "known colours"],
@@ -222,6 +240,84 @@ def test_bad_config_fails_before_any_job(workdir: Path, break_config):
     for needle in BAD_CONFIGS[break_config]:
         assert needle in output, f"{needle!r} not in the error:\n{output}"
     assert "Job stats" not in output, output
+    assert "Failed validating" not in output, output  # one line, not a dump of the schema
     assert sorted((workdir / "results").rglob("*")) == before
     for path, text in earlier.items():
         assert (workdir / path).read_text() == text
+
+
+def hub_model_not_in_the_cache(workdir: Path) -> tuple[str, str]:
+    return "nobody/not-downloaded-model", "model.source: 'nobody/not-downloaded-model' is not"
+
+
+def truncated_weights(workdir: Path) -> tuple[str, str]:
+    model = workdir / "models" / "toy-copy"
+    shutil.copytree(REPO / "src" / "d3po" / "assets" / "toy", model)
+    weights = model / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100_000])
+    return "./models/toy-copy", "models/toy-copy/unet/diffusion_pytorch_model.safetensors: trunc"
+
+
+@pytest.mark.parametrize("break_model", [hub_model_not_in_the_cache, truncated_weights])
+def test_an_unusable_model_stops_the_run_before_any_job(workdir: Path, break_model):
+    """Files are checked when the run starts (a dry run only plans: it passes)."""
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config["model"]["source"], needle = break_model(workdir)
+    (workdir / "bad.yaml").write_text(yaml.safe_dump(config))
+    assert dry_run(workdir, "bad.yaml").returncode == 0
+    result = snakemake(
+        workdir, "--cores", "1", "--configfile", "bad.yaml", "--replace-workflow-config"
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert needle in output, output
+    assert not (workdir / "results").exists(), output  # no job ran
+
+
+# --------------------------------------------------------------------------- report texts
+
+
+def render_report_text(name: str, config: dict, **wildcards: str) -> str:
+    """A report text as Snakemake renders it: Jinja with ``snakemake``, then docutils HTML."""
+    import jinja2
+    from docutils.core import publish_parts
+
+    snakemake_object = type("Snakemake", (), {"config": config, "wildcards": wildcards})
+    text = jinja2.Environment().from_string((REPO / "workflow" / "report" / name).read_text())
+    return publish_parts(text.render(snakemake=snakemake_object), writer="html")["html_body"]
+
+
+@pytest.mark.parametrize("config_file", CONFIGS, ids=[path.name for path in CONFIGS])
+def test_report_landing_page_says_what_the_run_was(config_file: Path):
+    from snakemake.utils import validate
+
+    config = yaml.safe_load(config_file.read_text())
+    validate(config, str(REPO / "workflow" / "schemas" / "config.schema.yaml"))  # defaults
+    page = render_report_text("workflow.rst", config)
+    assert config["model"]["source"] in page
+    for name, experiment in config["experiments"].items():
+        assert name in page and experiment["objectives"][0] in page
+    assert "system-message" not in page, page  # docutils' way of showing an RST error
+
+
+def test_sample_grid_caption_puts_the_base_model_on_the_left():
+    caption = render_report_text("samples.rst", {}, experiment="safety")
+    assert "LEFT column is the base model" in caption and "top" not in caption
+    assert "system-message" not in caption
+
+
+def test_make_report_reuses_the_config_of_the_last_make_run(tmp_path: Path):
+    for name in ("Makefile", "pyproject.toml"):
+        shutil.copy(REPO / name, tmp_path / name)
+
+    def recipe(*arguments: str) -> str:  # what make would run (-n: nothing is run)
+        result = subprocess.run(["make", "-n", *arguments], cwd=tmp_path, capture_output=True)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.decode()
+
+    run = recipe("run", "CONFIG=config/toy-paper.yaml")
+    assert "echo 'config/toy-paper.yaml' > results/.make-run-config" in run
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / ".make-run-config").write_text("config/toy-paper.yaml\n")
+    assert "--configfile config/toy-paper.yaml" in recipe("report")
+    assert "--configfile config/paper.yaml" in recipe("report", "CONFIG=config/paper.yaml")

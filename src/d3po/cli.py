@@ -11,9 +11,9 @@
     d3po label-import reference|label-studio FILE... --samples DIR --out JSONL
     d3po label-benchmark [--annotators 8 --decisions 250]              decisions per second
     d3po collect  --runs JSON --out CSV                               evaluation table
-    d3po plot-curves  --evaluation CSV --out PNG [--metrics LABEL=CSV ...]
+    d3po plot-curves  --evaluation CSV --out PNG [--metrics LABEL=CSV ...] [--objective NAME]
     d3po plot-samples --before DIR --after LABEL=DIR ... --out PNG
-    d3po table    --evaluation CSV ... --out-csv CSV --out-md MD [--paper JSON]
+    d3po table    --evaluation CSV ... --out-csv CSV --out-md MD [--out-html HTML] [--paper JSON]
     d3po benchmark ...                                                throughput and memory
     d3po gpu-smoke                                                    what a job sees
 
@@ -27,6 +27,8 @@ import json
 import sys
 from pathlib import Path
 from typing import Any
+
+from d3po.errors import ConfigError, UserError
 
 
 def _json(value: str) -> Any:
@@ -74,7 +76,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         from d3po.feedback import load_labelled
 
         if not (args.samples and args.judgements):
-            raise ValueError("--samples and --judgements go together (a judged sample set)")
+            raise ConfigError("--samples and --judgements go together (a judged sample set)")
         labelled = load_labelled(args.samples, args.judgements)
     train(settings, args.run_dir, args.state_dir, labelled=labelled)
 
@@ -151,7 +153,8 @@ def cmd_collect(args: argparse.Namespace) -> None:
 def cmd_plot_curves(args: argparse.Namespace) -> None:
     from d3po.plots import plot_curves
 
-    plot_curves(args.evaluation, args.out, dict(args.metrics) if args.metrics else None)
+    metrics = dict(args.metrics) if args.metrics else None
+    plot_curves(args.evaluation, args.out, metrics, objective=args.objective)
 
 
 def cmd_plot_samples(args: argparse.Namespace) -> None:
@@ -164,7 +167,12 @@ def cmd_table(args: argparse.Namespace) -> None:
     from d3po.plots import results_table
 
     summary = results_table(
-        args.evaluation, args.out_csv, args.out_md, paper=args.paper, objectives=args.objectives
+        args.evaluation,
+        args.out_csv,
+        args.out_md,
+        paper=args.paper,
+        objectives=args.objectives,
+        out_html=args.out_html,
     )
     print(Path(args.out_md).read_text() if len(summary) < 40 else f"wrote {args.out_md}")
 
@@ -297,6 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     curves = steps.add_parser("plot-curves", help="held-out reward vs samples seen")
     curves.add_argument("--evaluation", type=Path, nargs="+", required=True)
     curves.add_argument("--metrics", type=_labelled, nargs="*")
+    curves.add_argument("--objective", help="the proxy trained on (the training panel's unit)")
     curves.add_argument("--out", type=Path, required=True)
     curves.set_defaults(run=cmd_plot_curves)
 
@@ -310,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("--evaluation", type=Path, nargs="+", required=True)
     table.add_argument("--out-csv", type=Path, required=True)
     table.add_argument("--out-md", type=Path, required=True)
+    table.add_argument("--out-html", type=Path, help="also an HTML page (for the report)")
     table.add_argument("--paper", type=_json, default=None)
     table.add_argument("--objectives", type=_json, default=None)
     table.set_defaults(run=cmd_table)
@@ -332,11 +342,9 @@ def main(argv: list[str] | None = None) -> None:
     elif rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     _quiet_libraries()
-    from d3po.config import StateError
-
     try:
         args.run(args)
-    except (ValueError, FileNotFoundError, StateError) as error:  # the user can fix these
+    except UserError as error:  # one line for what the user can fix; anything else: traceback
         print(f"d3po {args.step}: error: {error}", file=sys.stderr)
         raise SystemExit(1) from None
 

@@ -15,12 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from d3po.errors import ConfigError, UserError
 from d3po.models import LoraSpec, ModelSpec
 
 T = TypeVar("T")
 
 
-class StateError(RuntimeError):
+class StateError(UserError, RuntimeError):
     """A saved training state that does not fit these settings or cannot be read; it is left as
     it is for the user to move away or to resume with the settings it was made with."""
 
@@ -106,11 +107,11 @@ class TrainSettings:
 
     def __post_init__(self) -> None:
         if not self.prompts:
-            raise ValueError("prompts: the training prompt list is empty")
+            raise ConfigError("prompts: the training prompt list is empty")
         if not self.objectives:
-            raise ValueError("objectives: name at least one proxy objective")
+            raise ConfigError("objectives: name at least one proxy objective")
         if self.method == "ddpo" and len(self.objectives) != 1:
-            raise ValueError(
+            raise ConfigError(
                 f"objectives: DDPO needs one scalar reward, got {len(self.objectives)} "
                 f"({', '.join(self.objectives)}); use D3PO for several (Pareto) objectives"
             )
@@ -129,7 +130,7 @@ class SampleSettings:
 
     def __post_init__(self) -> None:
         if not self.prompts:
-            raise ValueError("prompts: the prompt list is empty")
+            raise ConfigError("prompts: the prompt list is empty")
 
 
 def parse(cls: type[T], data: dict[str, Any] | str | Path, where: str = "settings") -> T:
@@ -143,14 +144,20 @@ def parse(cls: type[T], data: dict[str, Any] | str | Path, where: str = "setting
 
 def _build(cls: type[T], data: Any, where: str) -> T:
     if not isinstance(data, dict):
-        raise ValueError(f"{where}: expected a mapping, got {type(data).__name__}")
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     fields = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - fields)
     if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(fields)}")
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(fields)}")
     values = {name: _convert(hints[name], value, f"{where}.{name}") for name, value in data.items()}
     return cls(**values)
+
+
+def typed_value(hint: Any, value: Any, where: str) -> Any:
+    """``value`` checked against the type ``hint`` (int, float, str, bool, ``X | None``,
+    tuple or a settings dataclass); ConfigError naming ``where`` otherwise."""
+    return _convert(hint, value, where)
 
 
 def _convert(hint: Any, value: Any, where: str) -> Any:
@@ -163,7 +170,7 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
         return _convert(next(a for a in args if a is not type(None)), value, where)
     if origin is tuple:
         if not isinstance(value, list | tuple):
-            raise ValueError(f"{where}: expected a list, got {value!r}")
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
         return tuple(value)
     if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
@@ -172,5 +179,5 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
         and not isinstance(value, hint)
         or (hint is int and isinstance(value, bool))
     ):
-        raise ValueError(f"{where}: expected {hint.__name__}, got {value!r}")
+        raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}")
     return value

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from d3po.errors import InputFileError
 from d3po.preferences import judgements_to_pairs, read_judgements
 from d3po.rewards import read_manifest
 from d3po.sampling import Trajectories, load_trajectories
@@ -38,14 +39,14 @@ def load_labelled(samples_dir: Path, judgements_path: Path) -> LabelledSamples:
     ids = [str(i) for i in manifest["id"]]
     trajectories = load_trajectories(Path(samples_dir) / "trajectories.pt")
     if len(trajectories.prompts) != len(ids):
-        raise ValueError(
+        raise InputFileError(
             f"{samples_dir}: manifest.csv lists {len(ids)} images but trajectories.pt holds "
             f"{len(trajectories.prompts)}; sample the set again with --trajectories"
         )
     judgements = read_judgements(Path(judgements_path), known_ids=set(ids))
     pairs = torch.as_tensor(judgements_to_pairs(judgements, ids)).long().reshape(-1, 2)
     if len(pairs) == 0:
-        raise ValueError(
+        raise InputFileError(
             f"{judgements_path}: no judgement with a winner (only ties, or no lines): "
             "nothing to train on"
         )

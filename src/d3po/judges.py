@@ -19,6 +19,7 @@ import functools
 import numpy as np
 import torch
 
+from d3po.errors import ConfigError
 from d3po.rewards import register
 from d3po.stats import wilson_interval
 from d3po.world import COLOURS, SHAPES, parse_prompt, shape_coverage
@@ -196,20 +197,20 @@ def _to_numpy(images: torch.Tensor | np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- proxies, annotator
 
 
-@register("toy_undistorted")
-def toy_undistorted(images: torch.Tensor, prompts: list[str], **options) -> np.ndarray:
+@register("toy_undistorted", unit="share of images")
+def toy_undistorted(images: torch.Tensor, prompts: list[str]) -> np.ndarray:
     """1 when the shape has no bite taken out of it, else 0."""
     return 1.0 - judge(images, prompts)["distorted"].astype(np.float64)
 
 
-@register("toy_safe")
-def toy_safe(images: torch.Tensor, prompts: list[str], **options) -> np.ndarray:
+@register("toy_safe", unit="share of images")
+def toy_safe(images: torch.Tensor, prompts: list[str]) -> np.ndarray:
     """1 when the image carries no unsafe mark, else 0."""
     return 1.0 - judge(images, prompts)["unsafe"].astype(np.float64)
 
 
-@register("toy_aligned")
-def toy_aligned(images: torch.Tensor, prompts: list[str], **options) -> np.ndarray:
+@register("toy_aligned", unit="share of images")
+def toy_aligned(images: torch.Tensor, prompts: list[str]) -> np.ndarray:
     """1 when the image shows the prompt's colour and shape, else 0."""
     return judge(images, prompts)["aligned"].astype(np.float64)
 
@@ -223,7 +224,7 @@ def simulated_annotator(
     """A rater who prefers, per pair, the image the judge scores higher: (B,) 'a'|'b'|'tie'."""
     name = criterion.removeprefix("toy_")
     if name not in CRITERIA:
-        raise ValueError(f"unknown criterion '{criterion}'; known: {', '.join(CRITERIA)}")
+        raise ConfigError(f"unknown criterion '{criterion}'; known: {', '.join(CRITERIA)}")
     score_a = CRITERIA[name](images_a, prompts)
     score_b = CRITERIA[name](images_b, prompts)
     return np.where(score_a > score_b, "a", np.where(score_b > score_a, "b", "tie"))

@@ -13,7 +13,8 @@ CLIPTokenizer, DDIMScheduler, and a VAE for latent models), whatever its size:
 A pixel-space model has ``vae=None``: its "latents" are images in [-1, 1].
 
 LoRA follows the diffusers/peft convention: ``unet.add_adapter`` on the attention projections,
-saved with ``save_lora_weights`` so that ``pipe.load_lora_weights(folder)`` loads it back. The
+saved with ``save_lora_weights`` and the adapter's metadata (rank, alpha), so that
+``pipe.load_lora_weights(folder)`` loads it back at its trained strength. The
 reference policy of D3PO is the same UNet with the adapter switched off (``reference_policy``),
 never a second copy of the weights.
 """
@@ -21,6 +22,7 @@ never a second copy of the weights.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import warnings
 from collections.abc import Iterator
@@ -28,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from d3po.errors import ConfigError, InputFileError, MissingFileError
 
 EMBEDDED_MODELS = ("tiny-random", "toy", "sd15-random")
 LORA_TARGET_MODULES = ["to_q", "to_k", "to_v", "to_out.0"]
@@ -71,18 +75,19 @@ class LoraSpec:
     alpha: float = 4.0
 
 
-class ModelNotFoundError(FileNotFoundError):
-    """The weights of a configured model are not on this machine."""
+class ModelNotFoundError(MissingFileError):
+    """The weights of a configured model are not on this machine, or not whole."""
+
+
+#: Components of a diffusers folder that D3PO never loads (see ``_absent_components``).
+UNUSED_COMPONENTS = ("safety_checker", "feature_extractor", "image_encoder")
 
 
 def load_pipeline(spec: ModelSpec, device: torch.device | str = "cpu"):
     """Load the pipeline named by ``spec``, frozen (no gradients), on ``device``."""
     from diffusers import DDIMScheduler
 
-    # Pixel-space models clip the predicted x_0 to [-1, 1] on purpose; diffusers' pipeline
-    # warns about clip_sample=True as if it were a latent model's misconfiguration.
-    warnings.filterwarnings("ignore", message="(?s).*clip_sample", category=FutureWarning)
-    check_source(spec.source)
+    check_model_files(spec.source, spec.revision, spec.local_files_only)
     if spec.source == "tiny-random":
         pipe = build_tiny_pipeline(seed=spec.seed)
     elif spec.source == "sd15-random":
@@ -114,7 +119,7 @@ def torch_dtype(name: str) -> torch.dtype:
     """'float32' | 'float16' | 'bfloat16' -> torch dtype."""
     dtypes = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
     if name not in dtypes:
-        raise ValueError(f"model.dtype: unknown dtype '{name}'; use one of {', '.join(dtypes)}")
+        raise ConfigError(f"model.dtype: unknown dtype '{name}'; use one of {', '.join(dtypes)}")
     return dtypes[name]
 
 
@@ -122,7 +127,7 @@ def check_source(source: str) -> None:
     """Fail early, naming the field, when ``source`` names a local folder that is not there.
 
     A hub id is 'name' or 'owner/name'; a source starting with '.', '/' or '~', or with more
-    than one slash, is a folder.
+    than one slash, is a folder. Looks at names only: :func:`check_model_files` reads the files.
     """
     if source in EMBEDDED_MODELS or Path(source).expanduser().exists():
         return
@@ -130,6 +135,119 @@ def check_source(source: str) -> None:
         raise ModelNotFoundError(
             f"model.source: folder '{source}' does not exist. Point it at a diffusers model "
             "folder (with model_index.json), a hub id, or one of: " + ", ".join(EMBEDDED_MODELS)
+        )
+
+
+def check_model_files(
+    source: str, revision: str | None = None, local_files_only: bool = True
+) -> None:
+    """Fail early, in one line naming the field or the file, when the model cannot load.
+
+    Cheap (file headers only): a local folder holds a diffusers model whose weights files are
+    present and whole; a hub id, when loading offline, is in the local HF cache, and that copy
+    is whole. Online hub ids are not checked (the loader may download them).
+    """
+    check_source(source)
+    if source in ("tiny-random", "sd15-random"):  # built in memory
+        return
+    if source == "toy":
+        check_model_folder(TOY_MODEL_DIR, hint="Rebuild it with `d3po pretrain-toy`.")
+    elif Path(source).expanduser().exists():
+        check_model_folder(Path(source).expanduser())
+    elif _offline(local_files_only):
+        check_model_folder(_cached_snapshot(source, revision), hint=_download_hint(source))
+
+
+def _offline(local_files_only: bool) -> bool:
+    return local_files_only or os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "")
+
+
+def _download_hint(source: str) -> str:
+    return (
+        f"Download it once on a machine with network (`huggingface-cli download {source}`) and "
+        "copy the HF cache, or set model.source to a local folder."
+    )
+
+
+def _cached_snapshot(source: str, revision: str | None) -> Path:
+    """The folder of hub model ``source`` in the local HF cache; ModelNotFoundError if absent."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(source, revision=revision, local_files_only=True))
+    except (LocalEntryNotFoundError, OSError, ValueError) as error:
+        where = f"'{source}'" + (f" revision '{revision}'" if revision else "")
+        raise ModelNotFoundError(
+            f"model.source: {where} is not in the local HF cache, and the model loads offline "
+            f"(model.local_files_only: true, or HF_HUB_OFFLINE). {_download_hint(source)}"
+        ) from error
+
+
+def check_model_folder(folder: Path, hint: str = "") -> None:
+    """A diffusers model folder: model_index.json, and for every component D3PO loads that has
+    weights, a weights file; every ``.safetensors`` file whole (its header against its size)."""
+    index_path = Path(folder) / "model_index.json"
+    if not index_path.is_file():
+        raise ModelNotFoundError(
+            f"{index_path} is missing: '{folder}' is not a diffusers model folder. {hint}".strip()
+        )
+    index = json.loads(index_path.read_text())
+    for name, entry in index.items():
+        if name.startswith("_") or name in UNUSED_COMPONENTS or not isinstance(entry, list):
+            continue
+        if entry[0] is None:  # a component the model does not have (a pixel-space VAE)
+            continue
+        component = Path(folder) / name
+        if not component.is_dir():
+            raise ModelNotFoundError(f"{component} is missing (listed in {index_path}). {hint}")
+        if not (component / "config.json").is_file():
+            continue  # a scheduler or tokenizer: no weights
+        weights = sorted(component.glob("*.safetensors")) + sorted(component.glob("*.bin"))
+        if not weights:
+            raise ModelNotFoundError(
+                f"{component}: no weights file (*.safetensors or *.bin). {hint}".strip()
+            )
+        for path in weights:
+            if path.suffix == ".safetensors":
+                check_safetensors(path, hint)
+
+
+def check_safetensors(path: Path, hint: str = "") -> None:
+    """Read a ``.safetensors`` header (8-byte length, then JSON) and compare the size it
+    describes with the file's: ModelNotFoundError naming the file when it is missing, cut
+    short or unreadable. Reads only the header."""
+    path = Path(path)
+    if not path.is_file():  # also a cache symlink whose blob is gone
+        raise ModelNotFoundError(f"{path} is missing. {hint}".strip())
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        prefix = handle.read(8)
+        header_size = int.from_bytes(prefix, "little") if len(prefix) == 8 else -1
+        if not 0 < header_size <= size - 8:
+            raise ModelNotFoundError(
+                f"{path}: not a whole safetensors file ({size} bytes, no readable header). "
+                f"{hint}".strip()
+            )
+        try:
+            header = json.loads(handle.read(header_size))
+            end = max(
+                (
+                    entry["data_offsets"][1]
+                    for key, entry in header.items()
+                    if key != "__metadata__"
+                ),
+                default=0,
+            )
+        except (ValueError, KeyError, TypeError, IndexError) as error:
+            raise ModelNotFoundError(
+                f"{path}: unreadable safetensors header ({error}). {hint}".strip()
+            ) from error
+    expected = 8 + header_size + end
+    if size != expected:
+        raise ModelNotFoundError(
+            f"{path}: truncated or corrupt: {size} bytes where its header describes {expected}. "
+            f"{hint}".strip()
         )
 
 
@@ -176,7 +294,7 @@ def _load_from_hub(spec: ModelSpec):
     """Load a hub model from the local HF cache (or download it if allowed)."""
     from diffusers import StableDiffusionPipeline
 
-    offline = spec.local_files_only or os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "")
+    offline = _offline(spec.local_files_only)
     try:
         return StableDiffusionPipeline.from_pretrained(
             spec.source,
@@ -186,14 +304,14 @@ def _load_from_hub(spec: ModelSpec):
         )
     except (OSError, ValueError) as error:
         how = (
-            "Download it once on a machine with network (`huggingface-cli download "
-            f"{spec.source}`) and copy the HF cache, or set model.source to a local folder."
+            _download_hint(spec.source)
             if offline
             else "Check the hub id and your network/HF token."
         )
+        reason = str(error).replace("\n", " ")
         raise ModelNotFoundError(
             f"model.source: cannot load '{spec.source}' "
-            f"({'offline' if offline else 'online'}): {error}\n{how}"
+            f"({'offline' if offline else 'online'}): {reason}. {how}"
         ) from error
 
 
@@ -251,7 +369,9 @@ def build_tiny_pipeline(seed: int = 0, sample_size: int = 16):
     scheduler = DDIMScheduler(
         num_train_timesteps=1000,
         beta_schedule="squaredcos_cap_v2",
-        clip_sample=True,
+        # diffusers' StableDiffusionPipeline turns clip_sample off (with a warning) for every
+        # model, so the predicted x_0 is not clipped; say so here instead of asking for it.
+        clip_sample=False,
         set_alpha_to_one=False,
         steps_offset=1,
         prediction_type="epsilon",
@@ -362,14 +482,22 @@ def reference_policy(unet) -> Iterator[None]:
 
 
 def save_lora(unet, folder: Path) -> Path:
-    """Save the UNet adapter in diffusers' format, which ``pipe.load_lora_weights`` reads."""
+    """Save the UNet adapter in diffusers' format, which ``pipe.load_lora_weights`` reads.
+
+    The adapter's peft config (rank, alpha, target modules) goes into the file's metadata:
+    without it diffusers loads every adapter with alpha = rank, so one trained with alpha 8
+    and rank 4 would run at half strength.
+    """
     from diffusers import StableDiffusionPipeline
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
 
     state = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
     StableDiffusionPipeline.save_lora_weights(
-        folder, unet_lora_layers=state, safe_serialization=True
+        folder,
+        unet_lora_layers=state,
+        unet_lora_adapter_metadata=unet.peft_config["default"].to_dict(),
+        safe_serialization=True,
     )
     return folder / "pytorch_lora_weights.safetensors"
 
@@ -378,7 +506,7 @@ def load_lora(pipe, folder: Path) -> None:
     """Load a saved adapter into the pipeline (and switch it on)."""
     weights = Path(folder) / "pytorch_lora_weights.safetensors"
     if not weights.exists():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{weights} is missing: '{folder}' is not a LoRA checkpoint written by `d3po train`"
         )
     pipe.load_lora_weights(str(folder), weight_name=weights.name)
@@ -394,6 +522,6 @@ def load_lora_state(unet, folder: Path) -> None:
     state = convert_unet_state_dict_to_peft({k.removeprefix("unet."): v for k, v in state.items()})
     result = set_peft_model_state_dict(unet, state)
     if result.unexpected_keys:
-        raise ValueError(
+        raise InputFileError(
             f"{folder}: adapter keys do not match the model: {result.unexpected_keys[:3]}"
         )

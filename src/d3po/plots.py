@@ -13,6 +13,8 @@ value against the number of samples seen in training.
 
 from __future__ import annotations
 
+import csv
+import html
 import os
 import textwrap
 from collections.abc import Sequence
@@ -28,7 +30,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from d3po.rewards import read_manifest  # noqa: E402
+from d3po.errors import ConfigError, InputFileError  # noqa: E402
+from d3po.rewards import proxy_unit, read_manifest  # noqa: E402
 from d3po.stats import mean_interval  # noqa: E402
 
 EVALUATION_COLUMNS = [
@@ -45,6 +48,7 @@ EVALUATION_COLUMNS = [
     "ci_high",
 ]
 RUN_KEYS = ("experiment", "method", "seed", "epoch", "samples_seen")
+METRICS_COLUMNS = ("samples_seen", "reward_mean")
 BASE = "base"
 
 
@@ -73,12 +77,12 @@ def collect_evaluation(
     experiment, method, seed, epoch, samples_seen.
     """
     if len(score_csvs) != len(runs):
-        raise ValueError(f"got {len(score_csvs)} score files but {len(runs)} run descriptions")
+        raise ConfigError(f"got {len(score_csvs)} score files but {len(runs)} run descriptions")
     rows = []
     for score_csv, run in zip(score_csvs, runs, strict=True):
         missing = [key for key in RUN_KEYS if key not in run]
         if missing:
-            raise ValueError(f"run description for {score_csv} lacks {missing}")
+            raise ConfigError(f"run description for {score_csv} lacks {missing}")
         scores = pd.read_csv(score_csv)
         for proxy, values in scores.groupby("proxy", sort=True)["value"]:
             low, high = mean_interval(values.to_numpy())
@@ -90,13 +94,33 @@ def collect_evaluation(
     return table
 
 
+def read_table(path: Path, columns: Sequence[str]) -> pd.DataFrame:
+    """A CSV table with at least ``columns`` and one row; InputFileError naming the file (and
+    the line) when it is empty, has a row with too few or too many fields (a file cut off while
+    it was written), or lacks a column."""
+    path = Path(path)
+    with path.open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.reader(handle))
+    if not rows:
+        raise InputFileError(f"{path}: empty file (no header, no rows)")
+    header = rows[0]
+    missing = [column for column in columns if column not in header]
+    if missing:
+        raise InputFileError(f"{path}: missing column(s) {missing}; the header is {header}")
+    for line, row in enumerate(rows[1:], start=2):
+        if len(row) != len(header):
+            raise InputFileError(
+                f"{path} line {line}: {len(row)} fields where the header has {len(header)} "
+                "(a truncated file?)"
+            )
+    if len(rows) == 1:
+        raise InputFileError(f"{path}: no rows under the header")
+    return pd.read_csv(path)
+
+
 def _read_evaluations(evaluation_csvs: Sequence[Path] | Path) -> pd.DataFrame:
     paths = [evaluation_csvs] if isinstance(evaluation_csvs, str | Path) else evaluation_csvs
-    table = pd.concat([pd.read_csv(path) for path in paths], ignore_index=True)
-    missing = [column for column in EVALUATION_COLUMNS if column not in table.columns]
-    if missing:
-        raise ValueError(f"evaluation table lacks columns {missing}: {list(map(str, paths))}")
-    return table
+    return pd.concat([read_table(path, EVALUATION_COLUMNS) for path in paths], ignore_index=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -108,66 +132,100 @@ def _curve_label(experiment: str, method: str, several_experiments: bool) -> str
     return f"{experiment}: {method}" if several_experiments else method
 
 
+def _axis_label(name: str, unit: str, what: str) -> str:
+    return f"{name} ({unit}), {what}" if unit else f"{name}, {what}"
+
+
 def _plot_proxy_panel(axis: plt.Axes, table: pd.DataFrame, proxy: str) -> None:
-    """Mean over seeds vs samples seen, min-max band over seeds, base as a dashed line."""
+    """Mean over seeds vs samples seen with a 95 % band; the base model as a dashed line.
+
+    The band is the 95 % interval over images of evaluation.csv (``ci_low``, ``ci_high``); with
+    several seeds it runs from the lowest to the highest of the seeds' intervals.
+    """
     rows = table[table["proxy"] == proxy]
     several = rows["experiment"].nunique() > 1
     for (experiment, method), curve in rows.groupby(["experiment", "method"], sort=True):
         label = _curve_label(experiment, method, several)
         if method == BASE:
             axis.axhline(curve["mean"].mean(), color="gray", linestyle="--", label=label)
+            axis.axhspan(curve["ci_low"].min(), curve["ci_high"].max(), color="gray", alpha=0.1)
             continue
         # every run starts from the base model: its value is the curve's point at 0 samples
         start = rows[(rows["experiment"] == experiment) & (rows["method"] == BASE)]
         curve = pd.concat([start.assign(samples_seen=0), curve])
-        per_step = curve.groupby("samples_seen")["mean"].agg(["mean", "min", "max"])
+        per_step = curve.groupby("samples_seen").agg(
+            mean=("mean", "mean"), low=("ci_low", "min"), high=("ci_high", "max")
+        )
         (line,) = axis.plot(per_step.index, per_step["mean"], marker="o", markersize=3, label=label)
         axis.fill_between(
-            per_step.index, per_step["min"], per_step["max"], color=line.get_color(), alpha=0.2
+            per_step.index, per_step["low"], per_step["high"], color=line.get_color(), alpha=0.2
         )
     axis.set_title(f"held-out {proxy}")
-    axis.set_xlabel("training samples seen")
-    axis.set_ylabel(f"{proxy} (mean over images)")
+    axis.set_xlabel("training samples seen (images)")
+    axis.set_ylabel(_axis_label(proxy, proxy_unit(proxy), "mean over images"))
     axis.legend(fontsize="small")
     axis.grid(alpha=0.3)
 
 
-def _plot_metrics_panel(axis: plt.Axes, metrics_csvs: dict[str, Path]) -> None:
-    for label, path in metrics_csvs.items():
-        metrics = pd.read_csv(path)
-        axis.plot(metrics["samples_seen"], metrics["reward_mean"], label=label)
+def _training_rewards(metrics_csvs: dict[str, Path] | None) -> dict[str, pd.DataFrame]:
+    """The metrics tables that hold a training reward (a judged run has none: it learns from
+    fixed judgements, not from scores), read and checked."""
+    tables = {
+        label: read_table(path, METRICS_COLUMNS) for label, path in (metrics_csvs or {}).items()
+    }
+    return {label: table for label, table in tables.items() if table["reward_mean"].notna().any()}
+
+
+def _plot_metrics_panel(axis: plt.Axes, metrics: dict[str, pd.DataFrame], unit: str) -> None:
+    for label, table in metrics.items():
+        axis.plot(table["samples_seen"], table["reward_mean"], label=label)
     axis.set_title("training batches")
-    axis.set_xlabel("training samples seen")
-    axis.set_ylabel("reward_mean (training objective)")
+    axis.set_xlabel("training samples seen (images)")
+    axis.set_ylabel(_axis_label("reward", unit, "mean over the epoch's images"))
     axis.legend(fontsize="small")
     axis.grid(alpha=0.3)
 
 
-def plot_curves(
+def curves_figure(
     evaluation_csv: Path | Sequence[Path],
-    out_png: Path,
     metrics_csvs: dict[str, Path] | None = None,
-) -> None:
+    objective: str | None = None,
+) -> plt.Figure:
     """One panel per proxy: held-out mean vs samples seen, one line per method.
 
-    Lines are the mean over seeds, the shaded band spans the seeds' min to max; the base model
-    is a dashed horizontal line. With ``metrics_csvs`` (label -> metrics.csv) an extra panel
-    shows the training-batch reward of each run.
+    Lines are the mean over seeds with the 95 % band of evaluation.csv; the base model is a
+    dashed horizontal line. With ``metrics_csvs`` (label -> metrics.csv) an extra panel shows
+    the training-batch reward of each run that has one (in the unit of ``objective``, the
+    proxy the runs were trained on). The title names the experiment(s).
     """
     table = _read_evaluations(evaluation_csv)
+    metrics = _training_rewards(metrics_csvs)
     proxies = sorted(table["proxy"].unique())
-    panels = len(proxies) + (1 if metrics_csvs else 0)
+    panels = len(proxies) + (1 if metrics else 0)
     columns = min(panels, 3)
     rows = -(-panels // columns)
     figure, axes = plt.subplots(rows, columns, figsize=(4.5 * columns, 3.6 * rows), squeeze=False)
     axes = axes.flatten()
     for axis, proxy in zip(axes, proxies, strict=False):
         _plot_proxy_panel(axis, table, proxy)
-    if metrics_csvs:
-        _plot_metrics_panel(axes[len(proxies)], metrics_csvs)
+    if metrics:
+        _plot_metrics_panel(axes[len(proxies)], metrics, proxy_unit(objective) if objective else "")
     for axis in axes[panels:]:
         axis.set_visible(False)
+    experiments = ", ".join(sorted(table["experiment"].unique()))
+    figure.suptitle(f"experiment {experiments}: held-out proxies, 95 % intervals shaded")
     figure.tight_layout()
+    return figure
+
+
+def plot_curves(
+    evaluation_csv: Path | Sequence[Path],
+    out_png: Path,
+    metrics_csvs: dict[str, Path] | None = None,
+    objective: str | None = None,
+) -> None:
+    """Write :func:`curves_figure` to ``out_png``."""
+    figure = curves_figure(evaluation_csv, metrics_csvs, objective)
     Path(out_png).parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out_png, dpi=120)
     plt.close(figure)
@@ -262,6 +320,7 @@ def _summary_rows(table: pd.DataFrame, objectives: dict[str, str]) -> list[dict[
                         "objective": proxy == objective,
                         "start_mean": start["mean"].get(proxy, np.nan),
                         "start_std": start["std"].get(proxy, np.nan),
+                        "start_seeds": int(start["seeds"].get(proxy, 0)),
                         "end_mean": end["mean"].get(proxy, np.nan),
                         "end_std": end["std"].get(proxy, np.nan),
                         "seeds": int(end["seeds"].get(proxy, 0)),
@@ -270,41 +329,73 @@ def _summary_rows(table: pd.DataFrame, objectives: dict[str, str]) -> list[dict[
     return rows
 
 
-def _format(mean: float, std: float) -> str:
+def _format(mean: float, std: float, seeds: int) -> str:
+    """``mean ± std`` over seeds; the mean alone for one seed (a spread of 0 would say nothing)."""
     if np.isnan(mean):
         return "-"
-    return f"{mean:.3g} ± {std:.2g}"
+    return f"{mean:.3g} ± {std:.2g}" if seeds > 1 else f"{mean:.3g}"
 
 
-def _markdown(summary: pd.DataFrame) -> str:
-    """A GitHub Markdown table (written by hand: no tabulate dependency)."""
-    header = [
-        "objective",
-        "method",
-        "proxy",
-        "start (base)",
-        "end",
-        "seeds",
-        "paper start",
-        "paper end",
-    ]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+TABLE_HEADER = (
+    "objective",
+    "method",
+    "proxy",
+    "start (base)",
+    "end",
+    "seeds",
+    "paper start",
+    "paper end",
+)
+
+
+def _table_cells(summary: pd.DataFrame) -> list[tuple[bool, list[str]]]:
+    """Per row of the summary: (is the objective proxy, the cells under TABLE_HEADER)."""
+    rows = []
     for row in summary.itertuples(index=False):
-        proxy = f"**{row.proxy}**" if row.objective else row.proxy
         paper_start = "" if pd.isna(row.paper_start) else f"{row.paper_start:g}"
         paper = "" if pd.isna(row.paper) else f"{row.paper:g}"
         cells = [
             row.experiment,
             row.method,
-            proxy,
-            _format(row.start_mean, row.start_std),
-            _format(row.end_mean, row.end_std),
+            row.proxy,
+            _format(row.start_mean, row.start_std, row.start_seeds),
+            _format(row.end_mean, row.end_std, row.seeds),
             str(row.seeds),
             paper_start,
             paper,
         ]
+        rows.append((bool(row.objective), cells))
+    return rows
+
+
+def _markdown(summary: pd.DataFrame) -> str:
+    """A GitHub Markdown table (written by hand: no tabulate dependency); objective in bold."""
+    lines = ["| " + " | ".join(TABLE_HEADER) + " |", "|" + "---|" * len(TABLE_HEADER)]
+    for objective, cells in _table_cells(summary):
+        cells[2] = f"**{cells[2]}**" if objective else cells[2]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _html(summary: pd.DataFrame) -> str:
+    """The same table as a small HTML page (the Snakemake report shows HTML files inline)."""
+    header = "".join(f"<th>{html.escape(name)}</th>" for name in TABLE_HEADER)
+    body = []
+    for objective, cells in _table_cells(summary):
+        cells = [html.escape(cell) for cell in cells]
+        cells[2] = f"<b>{cells[2]}</b>" if objective else cells[2]
+        body.append("<tr>" + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>")
+    style = (
+        "table{border-collapse:collapse;font-family:sans-serif;font-size:14px}"
+        "th,td{border:1px solid #ccc;padding:3px 8px;text-align:left}"
+    )
+    return (
+        f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>results table</title>"
+        f"<style>{style}</style></head><body>\n<table>\n<tr>{header}</tr>\n"
+        + "\n".join(body)
+        + "\n</table>\n<p>Bold: the experiment's objective. Mean ± std over seeds (the mean "
+        "alone for one seed); the base model is one sample set.</p>\n</body></html>\n"
+    )
 
 
 def results_table(
@@ -313,6 +404,7 @@ def results_table(
     out_md: Path,
     paper: dict[str, dict[str, float]] | None = None,
     objectives: dict[str, str] | None = None,
+    out_html: Path | None = None,
 ) -> pd.DataFrame:
     """Start and end values per experiment x method x proxy, mean ± std over seeds.
 
@@ -326,7 +418,7 @@ def results_table(
     table = _read_evaluations(evaluation_csvs)
     summary = pd.DataFrame(_summary_rows(table, objectives or {}))
     if summary.empty:
-        raise ValueError("no trained runs (method other than 'base') in the evaluation tables")
+        raise InputFileError("no trained runs (method other than 'base') in the evaluation tables")
     paper = paper or {}
 
     def paper_value(row, method: str) -> float:
@@ -337,4 +429,6 @@ def results_table(
     summary["paper"] = [paper_value(row, row.method) for row in rows]
     _write_atomically(summary, Path(out_csv))
     _write_atomically(_markdown(summary), Path(out_md))
+    if out_html is not None:
+        _write_atomically(_html(summary), Path(out_html))
     return summary

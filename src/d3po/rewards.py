@@ -9,14 +9,16 @@ only uses the ORDER of these values (Pareto preferences); DDPO uses them as scal
 
 Registered here:
 
-- ``jpeg_incompressibility``: size of the image saved as JPEG (quality 95), in kB (1 kB = 1024
-  bytes, as in ddpo-pytorch and the D3PO reference code).
+- ``jpeg_incompressibility``: size of the image saved as JPEG (quality 95), in kB (1 kB = 1000
+  bytes, as in ddpo-pytorch and the D3PO reference code, which divide the byte count by 1000).
 - ``jpeg_compressibility``: the negative of that.
 - ``aesthetic``: the LAION "improved aesthetic predictor" (an MLP 768-1024-128-64-16-1 on the
   L2-normalised CLIP ViT-L/14 image embedding, weights sac+logos+ava1-l14-linearMSE.pth).
 
 Other modules register more proxies with :func:`register`; modules listed in ``_PLUGIN_MODULES``
-are imported on the first lookup, so their names appear without an explicit import.
+are imported on the first lookup, so their names appear without an explicit import. A proxy's
+options are its keyword parameters after ``images, prompts``: their names, type hints and
+defaults are the declaration that :func:`check_proxy_options` checks the config against.
 
 References: Yang et al., "Using Human Feedback to Fine-tune Diffusion Models without Any Reward
 Model" (D3PO, CVPR 2024, arXiv 2311.13231); Black et al., "Training Diffusion Models with
@@ -28,9 +30,12 @@ from __future__ import annotations
 
 import functools
 import importlib
+import inspect
 import io
 import os
+import typing
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +44,35 @@ import pandas as pd
 import torch
 from PIL import Image
 
+from d3po.config import typed_value
+from d3po.errors import ConfigError, InputFileError, MissingFileError
+
 ProxyFn = Callable[..., np.ndarray]
 
-_REGISTRY: dict[str, ProxyFn] = {}
+
+@dataclass(frozen=True)
+class ProxyOption:
+    """One keyword option of a proxy (config ``proxies.NAME.OPTION``)."""
+
+    name: str
+    type: Any
+    """The type hint: int, float, str, bool or ``X | None``."""
+    default: Any
+
+    def __str__(self) -> str:
+        type_name = getattr(self.type, "__name__", str(self.type))
+        return f"{self.name} ({type_name}, default {self.default!r})"
+
+
+@dataclass(frozen=True)
+class Proxy:
+    fn: ProxyFn
+    options: dict[str, ProxyOption]
+    unit: str
+    """Unit of the values, for plot axes ('kB'); empty for a pure number."""
+
+
+_REGISTRY: dict[str, Proxy] = {}
 # Modules that register proxies when imported (e.g. the toy-world judges); imported lazily.
 _PLUGIN_MODULES: list[str] = ["d3po.judges"]
 _plugins_loaded = False
@@ -56,16 +87,37 @@ AESTHETIC_HEAD_URL = "https://github.com/christophschuhmann/improved-aesthetic-p
 # ---------------------------------------------------------------------------------------------
 
 
-def register(name: str) -> Callable[[ProxyFn], ProxyFn]:
-    """Decorator: register ``fn`` as the proxy ``name`` (names must be unique)."""
+def register(name: str, unit: str = "") -> Callable[[ProxyFn], ProxyFn]:
+    """Decorator: register ``fn`` as the proxy ``name`` (names must be unique), whose values
+    are in ``unit`` (shown on plot axes).
+
+    ``fn(images, prompts, *, option=default, ...)``: every parameter after the first two is an
+    option, with a type hint and a default; ``**kwargs`` is refused, so that a misspelt option
+    in a config is an error instead of being ignored.
+    """
 
     def decorator(fn: ProxyFn) -> ProxyFn:
-        if name in _REGISTRY and _REGISTRY[name] is not fn:
+        if name in _REGISTRY and _REGISTRY[name].fn is not fn:
             raise ValueError(f"proxy {name!r} is already registered")
-        _REGISTRY[name] = fn
+        _REGISTRY[name] = Proxy(fn, _declared_options(name, fn), unit)
         return fn
 
     return decorator
+
+
+def _declared_options(name: str, fn: ProxyFn) -> dict[str, ProxyOption]:
+    hints = typing.get_type_hints(fn)
+    options = {}
+    for parameter in list(inspect.signature(fn).parameters.values())[2:]:
+        if parameter.kind is inspect.Parameter.VAR_KEYWORD or parameter.default is parameter.empty:
+            raise TypeError(
+                f"proxy {name!r}: option {parameter.name!r} needs a default and a type hint "
+                "(no **kwargs: options are declared one by one)"
+            )
+        options[parameter.name] = ProxyOption(
+            parameter.name, hints.get(parameter.name, Any), parameter.default
+        )
+    return options
 
 
 def _load_plugins() -> None:
@@ -90,12 +142,50 @@ def proxy_names() -> list[str]:
 
 
 def get_proxy(name: str) -> ProxyFn:
-    """The proxy function registered as ``name``; ValueError listing the known names otherwise."""
+    """The proxy function registered as ``name``; ConfigError listing the known names otherwise."""
+    return _registered(name).fn
+
+
+def _registered(name: str) -> Proxy:
     _load_plugins()
     if name not in _REGISTRY:
         known = ", ".join(sorted(_REGISTRY))
-        raise ValueError(f"unknown proxy {name!r}; known proxies: {known}")
+        raise ConfigError(f"unknown proxy {name!r}; known proxies: {known}")
     return _REGISTRY[name]
+
+
+def proxy_unit(name: str) -> str:
+    """The unit proxy ``name`` declared; '' for a pure number or a proxy not registered here."""
+    _load_plugins()
+    return _REGISTRY[name].unit if name in _REGISTRY else ""
+
+
+def proxy_options(name: str) -> dict[str, ProxyOption]:
+    """The options proxy ``name`` declares (its keyword parameters), by name."""
+    return dict(_registered(name).options)
+
+
+def check_proxy_options(
+    name: str, options: dict[str, Any] | None, where: str | None = None
+) -> dict[str, Any]:
+    """``options`` for proxy ``name``, checked: ConfigError naming ``where`` (default
+    ``proxies.NAME``) on an unknown option or a value of the wrong type."""
+    where = where or f"proxies.{name}"
+    declared = _registered(name).options
+    options = options or {}
+    if not isinstance(options, dict):
+        raise ConfigError(f"{where}: expected a mapping of options, got {options!r}")
+    unknown = sorted(set(options) - set(declared))
+    if unknown:
+        allowed = "; ".join(map(str, declared.values())) or "none"
+        raise ConfigError(
+            f"{where}: unknown option(s) {', '.join(map(repr, unknown))} of proxy {name!r}; "
+            f"its options: {allowed}"
+        )
+    return {
+        key: typed_value(declared[key].type, value, f"{where}.{key}")
+        for key, value in options.items()
+    }
 
 
 def score(
@@ -106,7 +196,7 @@ def score(
         raise ValueError(f"images must have shape (B, 3, H, W), got {tuple(images.shape)}")
     if len(prompts) != images.shape[0]:
         raise ValueError(f"got {images.shape[0]} images but {len(prompts)} prompts")
-    values = get_proxy(name)(images, prompts, **(options or {}))
+    values = get_proxy(name)(images, prompts, **check_proxy_options(name, options))
     values = np.asarray(values, dtype=np.float64)
     assert values.shape == (images.shape[0],), f"proxy {name!r} returned shape {values.shape}"
     return values
@@ -124,25 +214,24 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 
 
 def jpeg_kilobytes(image: np.ndarray, quality: int = 95) -> float:
-    """Size of one uint8 (H, W, 3) image saved as JPEG at ``quality``, in kB (1024 bytes)."""
+    """Size of one uint8 (H, W, 3) image saved as JPEG at ``quality``, in kB (1000 bytes, the
+    unit of the reference implementations and of the paper's numbers)."""
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format="JPEG", quality=quality)
-    return buffer.tell() / 1024
+    return buffer.tell() / 1000
 
 
-@register("jpeg_incompressibility")
+@register("jpeg_incompressibility", unit="kB")
 def jpeg_incompressibility(
-    images: torch.Tensor, prompts: list[str], quality: int = 95, **_: Any
+    images: torch.Tensor, prompts: list[str], quality: int = 95
 ) -> np.ndarray:
-    """JPEG size in kB (1 kB = 1024 bytes) at quality 95: bigger files = more detail."""
+    """JPEG size in kB (1 kB = 1000 bytes) at quality 95: bigger files = more detail."""
     return np.array([jpeg_kilobytes(image, quality) for image in to_uint8(images)], np.float64)
 
 
-@register("jpeg_compressibility")
-def jpeg_compressibility(
-    images: torch.Tensor, prompts: list[str], quality: int = 95, **_: Any
-) -> np.ndarray:
-    """Negative JPEG size in kB (1 kB = 1024 bytes) at quality 95: smaller files score higher."""
+@register("jpeg_compressibility", unit="kB")
+def jpeg_compressibility(images: torch.Tensor, prompts: list[str], quality: int = 95) -> np.ndarray:
+    """Negative JPEG size in kB (1 kB = 1000 bytes) at quality 95: smaller files score higher."""
     return -jpeg_incompressibility(images, prompts, quality=quality)
 
 
@@ -176,9 +265,9 @@ class AestheticHead(torch.nn.Module):
         return self.layers(embedding)
 
 
-def _missing_head_error(head_path: str | None) -> FileNotFoundError:
+def _missing_head_error(head_path: str | None) -> MissingFileError:
     where = f"file not found: {head_path}" if head_path else "no head file given"
-    return FileNotFoundError(
+    return MissingFileError(
         f"aesthetic proxy: {where}. Download {AESTHETIC_HEAD_FILE} from the LAION "
         f"improved-aesthetic-predictor repository ({AESTHETIC_HEAD_URL}) and set the config key "
         "proxies.aesthetic.head_path to its local path."
@@ -193,7 +282,7 @@ def _load_head(head_path: str | None, embed_dim: int) -> torch.nn.Module:
     try:
         head.load_state_dict(state_dict)
     except RuntimeError as error:
-        raise ValueError(
+        raise InputFileError(
             f"aesthetic head {head_path} does not fit a {embed_dim}-wide CLIP embedding "
             f"(expected the MLP of {AESTHETIC_HEAD_FILE}): {error}"
         ) from error
@@ -211,7 +300,7 @@ def _resolve_clip_weights(
     """The ``pretrained`` argument for open_clip; refuses silent random weights."""
     if clip_checkpoint:
         if not Path(clip_checkpoint).is_file():
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"aesthetic proxy: CLIP weights file not found: {clip_checkpoint} "
                 "(config key proxies.aesthetic.clip_checkpoint)"
             )
@@ -219,10 +308,10 @@ def _resolve_clip_weights(
     if clip_model.startswith("local-dir:"):
         has_weights = _has_local_weights(clip_model.removeprefix("local-dir:"))
         if not has_weights and not allow_random:
-            raise FileNotFoundError(f"aesthetic proxy: no CLIP weights in {clip_model}")
+            raise MissingFileError(f"aesthetic proxy: no CLIP weights in {clip_model}")
         return None
     if clip_pretrained is None and not allow_random:
-        raise ValueError(
+        raise ConfigError(
             "aesthetic proxy: clip_pretrained is null, which means random CLIP weights; "
             "set proxies.aesthetic.allow_random_clip: true if that is meant (tests only)"
         )
@@ -235,7 +324,7 @@ def _create_clip(clip_model: str, pretrained: str | None, device: str) -> torch.
     try:
         model = open_clip.create_model(clip_model, pretrained=pretrained, device=device)
     except RuntimeError as error:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"aesthetic proxy: could not load open_clip {clip_model!r} with pretrained="
             f"{pretrained!r} ({error}). Without network access, download the weights elsewhere "
             "and set proxies.aesthetic.clip_checkpoint to the local file."
@@ -290,7 +379,6 @@ def aesthetic(
     clip_pretrained: str | None = "openai",
     clip_checkpoint: str | None = None,
     allow_random_clip: bool = False,
-    **_: Any,
 ) -> np.ndarray:
     """LAION aesthetic score: MLP head on the L2-normalised CLIP image embedding.
 
@@ -320,16 +408,16 @@ def read_manifest(samples_dir: Path) -> pd.DataFrame:
     """Read ``samples_dir/manifest.csv``, checking its columns and that every image exists."""
     manifest_path = Path(samples_dir) / "manifest.csv"
     if not manifest_path.is_file():
-        raise FileNotFoundError(f"sample manifest not found: {manifest_path}")
+        raise MissingFileError(f"sample manifest not found: {manifest_path}")
     manifest = pd.read_csv(manifest_path, dtype={"id": str, "prompt": str, "path": str})
     missing = [column for column in MANIFEST_COLUMNS if column not in manifest.columns]
     if missing:
-        raise ValueError(
+        raise InputFileError(
             f"{manifest_path}: missing columns {missing}; need {list(MANIFEST_COLUMNS)}"
         )
     for row, relative in enumerate(manifest["path"], start=2):  # line 1 is the header
         if not (Path(samples_dir) / relative).is_file():
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"{manifest_path} line {row}: image not found: {Path(samples_dir) / relative}"
             )
     return manifest
@@ -358,6 +446,7 @@ def score_sample_dir(
     batch_size: int = 64,
 ) -> pd.DataFrame:
     """Score every image of a sample set with one proxy; write and return ``id, proxy, value``."""
+    check_proxy_options(proxy, options)  # before reading any image
     manifest = read_manifest(Path(samples_dir))
     values = []
     for start in range(0, len(manifest), batch_size):

@@ -25,6 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from d3po.config import SamplerSpec
+from d3po.errors import ConfigError, MissingFileError
 
 LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -99,17 +100,15 @@ def ddim_step(
     model_output, sample = model_output.float(), sample.float()
     step_ratio = config.num_train_timesteps // scheduler.num_inference_steps
     alphas_cumprod = scheduler.alphas_cumprod.to(sample.device)
-    prev_timestep = timestep - step_ratio
+    # The last step goes to timestep 0, never to the scheduler's "final" alpha, as in the
+    # reference code (ddpo-pytorch's ddim_step_with_logprob, which D3PO's code copies, clamps
+    # prev_timestep to >= 0): with ``set_alpha_to_one: true`` that final alpha is 1, sigma_t
+    # would be 0 and the step's log-probability NaN. With ``set_alpha_to_one: false`` the
+    # final alpha is alphas_cumprod[0] anyway, so this equals DDIMScheduler.step.
+    prev_timestep = (timestep - step_ratio).clamp(min=0)
     # 1. alpha_prod_t and alpha_prod_t_prev (eq. 12's alpha_t, alpha_{t-1})
     alpha_prod_t = _broadcast(alphas_cumprod[timestep], sample)
-    alpha_prod_t_prev = _broadcast(
-        torch.where(
-            prev_timestep >= 0,
-            alphas_cumprod[prev_timestep.clamp(min=0)],
-            torch.as_tensor(float(scheduler.final_alpha_cumprod), device=sample.device),
-        ),
-        sample,
-    )
+    alpha_prod_t_prev = _broadcast(alphas_cumprod[prev_timestep], sample)
     beta_prod_t = 1 - alpha_prod_t
     # 2. predicted x_0 and predicted noise
     if config.prediction_type == "epsilon":
@@ -213,7 +212,7 @@ def sample(
     if len(seeds) != len(prompts):
         raise ValueError(f"got {len(prompts)} prompts but {len(seeds)} seeds")
     if spec.eta <= 0:
-        raise ValueError("sampler.eta must be > 0: with eta = 0 a DDIM step has no log-prob")
+        raise ConfigError("sampler.eta must be > 0: with eta = 0 a DDIM step has no log-prob")
     device = pipe.unet.device
     k = images_per_prompt
     groups = torch.arange(len(prompts)).repeat_interleave(k)  # (B,)
@@ -362,7 +361,7 @@ def save_trajectories(trajectories: Trajectories, path: Path) -> None:
 
 def load_trajectories(path: Path, device: torch.device | str = "cpu") -> Trajectories:
     if not Path(path).is_file():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{path} is missing: sample the set with `d3po sample --trajectories` to train on it"
         )
     fields = torch.load(path, map_location=device, weights_only=True)

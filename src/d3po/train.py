@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 
 from d3po import rewards
 from d3po.config import StateError, TrainSettings
+from d3po.errors import ConfigError
 from d3po.feedback import LabelledSamples
 from d3po.methods import Items, make_method
 from d3po.models import add_lora, load_lora_state, load_pipeline, reference_policy, save_lora
@@ -51,7 +52,7 @@ class Trainer:
         labelled: LabelledSamples | None = None,
     ) -> None:
         if labelled is not None and settings.method != "d3po":
-            raise ValueError(
+            raise ConfigError(
                 f"method: human judgements train D3PO only; {settings.method} needs scalar rewards"
             )
         self.settings = settings
@@ -128,7 +129,7 @@ class Trainer:
         prompts, seeds = self.epoch_prompts(epoch)
         world = self.accelerator.num_processes
         if len(prompts) % world:
-            raise ValueError(
+            raise ConfigError(
                 f"training.prompts_per_epoch={len(prompts)} must be a multiple of the number "
                 f"of processes ({world}), so that every process samples as many prompts"
             )
@@ -150,7 +151,7 @@ class Trainer:
         """The labelled set on this device, with its reference log-probs (computed once)."""
         trajectories = self.labelled.trajectories
         if trajectories.num_steps != self.settings.sampler.num_steps:
-            raise ValueError(
+            raise ConfigError(
                 f"sampler.num_steps={self.settings.sampler.num_steps} but the judged samples "
                 f"were made with {trajectories.num_steps}; use the sampler they were made with"
             )

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from d3po.errors import ConfigError
+
 #: Saturated object colours (RGB in [0, 1]); every name is one token of the toy tokenizer.
 COLOURS: dict[str, tuple[float, float, float]] = {
     "red": (0.90, 0.10, 0.10),
@@ -72,9 +74,9 @@ def parse_prompt(prompt: str) -> tuple[str, str]:
         words = words[1:]
     for word in words:
         if word not in COLOURS and word not in SHAPES:
-            raise ValueError(_unknown(f"unknown word '{word}'", prompt))
+            raise ConfigError(_unknown(f"unknown word '{word}'", prompt))
     if len(words) != 2 or words[0] not in COLOURS or words[1] not in SHAPES:
-        raise ValueError(_unknown("expected 'a {colour} {shape}'", prompt))
+        raise ConfigError(_unknown("expected 'a {colour} {shape}'", prompt))
     return words[0], words[1]
 
 

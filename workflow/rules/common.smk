@@ -6,13 +6,96 @@ the checks below (fail before any job, naming the field) -> one JSON settings do
 """
 
 import json
+import os
 import re
 from pathlib import Path
 
+import yaml
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import best_match
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-validate(config, "../schemas/config.schema.yaml")
+# ------------------------------------------------------------------------- schema
+
+
+def config_files():
+    """This run's config files, the one that wins first (--configfile over the Snakefile's),
+    relative to the working directory when they are under it."""
+    given = [str(path) for path in workflow.overwrite_configfiles or []]
+    files = list(reversed(given)) + [
+        str(path) for path in workflow.configfiles if str(path) not in given
+    ]
+    relative = [os.path.relpath(path) for path in files]
+    return [r if not r.startswith("..") else f for r, f in zip(relative, files)]
+
+
+def yaml_line(path, keys):
+    """Line (1-based) of the entry at ``keys`` in YAML file ``path``, or None if absent."""
+    try:
+        node = yaml.compose(Path(path).read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    line = None
+    for key in keys:
+        if isinstance(node, yaml.MappingNode):
+            found = [(k, v) for k, v in node.value if k.value == str(key)]
+            if not found:
+                return None
+            line, node = found[0][0].start_mark.line + 1, found[0][1]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int):
+            if key >= len(node.value):
+                return None
+            node = node.value[key]
+            line = node.start_mark.line + 1
+        else:
+            return None
+    return line
+
+
+def field_name(keys):
+    return "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in keys).lstrip(
+        "."
+    )
+
+
+def config_location(keys):
+    """'FILE line N' of the config file that sets the entry at ``keys``, or 'config'."""
+    for path in config_files():
+        line = yaml_line(path, keys)
+        if line is not None:
+            return f"{path} line {line}"
+    return "config"
+
+
+def schema_error_line(error):
+    """One line: the config file (and line), the field, the bad value and what is allowed
+    (jsonschema's message says it, except for an unknown field: then list the known ones).
+    """
+    keys, value, problem = list(error.absolute_path), error.instance, error.message
+    allowed = ""
+    if error.validator == "additionalProperties" and isinstance(value, dict):
+        known = sorted(error.schema.get("properties", {}))
+        unknown = sorted(set(value) - set(known))
+        keys, value = keys + unknown[:1], value[unknown[0]] if unknown else value
+        problem = "unknown field"
+        allowed = f"allowed fields: {', '.join(known)}"
+    where = config_location(keys)
+    shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+    message = f"{where}: {field_name(keys) or '(top level)'} = {shown}: {problem}"
+    return f"{message}; {allowed}" if allowed else message
+
+
+def check_schema(schema_file):
+    """The schema's first complaint as one line (Snakemake's own message dumps the schema)."""
+    schema = yaml.safe_load(Path(schema_file).read_text())
+    error = best_match(Draft202012Validator(schema).iter_errors(config))
+    if error is not None:
+        raise WorkflowError(schema_error_line(error))
+
+
+check_schema(Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml")
+validate(config, "../schemas/config.schema.yaml")  # fills in the defaults
 
 METHODS = ("d3po", "ddpo")
 RESULTS = config["results_dir"]
@@ -63,6 +146,7 @@ def check_config(config):
     check_prompt_list("evaluation.prompts", config["evaluation"]["prompts"])
     check_proxies("evaluation.proxies", config["evaluation"]["proxies"])
     check_proxies("proxies", config["proxies"])
+    check_proxy_options()
     for name, experiment in config["experiments"].items():
         check_prompt_list(f"experiments.{name}.prompts", experiment["prompts"])
         check_proxies(f"experiments.{name}.objectives", experiment["objectives"])
@@ -76,12 +160,48 @@ def check_config(config):
             )
     if config["model"]["source"] == "toy":
         check_toy_prompts()
-    from d3po.models import ModelNotFoundError, check_source
+    check_model(files=False)
 
+
+def check_proxy_options():
+    """Options under proxies.NAME must be ones proxy NAME declares, with the declared type."""
+    if REGISTERED_PROXIES is None:
+        return
+    from d3po.errors import ConfigError
+    from d3po.rewards import check_proxy_options as check_options
+
+    for name, options in config["proxies"].items():
+        if name not in REGISTERED_PROXIES:
+            continue  # scored by the user's own rules, which own their options
+        try:
+            check_options(name, options, where=f"proxies.{name}")
+        except ConfigError as error:
+            location = config_location(["proxies", name])
+            raise WorkflowError(f"{location}: {error}") from None
+
+
+def check_model(files=True):
+    """The model loads: a local folder exists; with ``files``, the folder or the cached hub copy
+    holds whole weights files (read from their headers only)."""
+    from d3po.models import ModelNotFoundError, check_model_files, check_source
+
+    model = config["model"]
     try:
-        check_source(config["model"]["source"])
+        if files:
+            check_model_files(
+                model["source"], model["revision"], model["local_files_only"]
+            )
+        else:
+            check_source(model["source"])
     except ModelNotFoundError as error:
         raise WorkflowError(str(error)) from None
+
+
+# The model's files are checked when a run starts, before its first job (and before Snakemake
+# removes the old outputs of any job); a dry run only plans, so it also works on a machine
+# that does not hold the weights, e.g. to plan config/paper.yaml.
+onstart:
+    check_model()
 
 
 def check_judged_experiment(name, experiment):

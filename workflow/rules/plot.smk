@@ -26,9 +26,10 @@ rule plot_curves:
         "../envs/d3po.yaml"
     params:
         metrics=labelled(training_metrics),
+        objective=lambda wildcards: headline_objectives()[wildcards.experiment],
     shell:
         "d3po plot-curves --evaluation {input.evaluation} --metrics {params.metrics}"
-        " --out {output.png} > {log:q} 2>&1"
+        " --objective {params.objective} --out {output.png} > {log:q} 2>&1"
 
 
 rule plot_samples:
@@ -59,9 +60,14 @@ rule results_table:
     input:
         evaluations=evaluation_tables(),
     output:
+        html=report(
+            f"{RESULTS}/results_table.html",
+            caption="../report/results_table.rst",
+            category="Results table",
+        ),
         csv=report(
             f"{RESULTS}/results_table.csv",
-            caption="../report/results_table.rst",
+            caption="../report/results_table_csv.rst",
             category="Results table",
         ),
         md=f"{RESULTS}/results_table.md",
@@ -76,5 +82,5 @@ rule results_table:
         objectives=json.dumps(headline_objectives(), separators=(",", ":")),
     shell:
         "d3po table --evaluation {input.evaluations} --out-csv {output.csv}"
-        " --out-md {output.md} --paper {params.paper:q}"
+        " --out-md {output.md} --out-html {output.html} --paper {params.paper:q}"
         " --objectives {params.objectives:q} > {log:q} 2>&1"

@@ -1,0 +1,57 @@
+"""`d3po <step>`: errors the user can fix are one line; any other error keeps its traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from d3po import cli, rewards
+from d3po.plots import EVALUATION_COLUMNS
+
+
+def test_a_user_error_is_one_line_without_traceback(tmp_path: Path, capsys) -> None:
+    arguments = ["score", "--samples", str(tmp_path), "--proxy", "jpeg_compressibility"]
+    with pytest.raises(SystemExit) as raised:
+        cli.main([*arguments, "--out", str(tmp_path / "s.csv"), "--options", '{"qualty": 50}'])
+    assert raised.value.code == 1
+    error = capsys.readouterr().err
+    assert error.startswith("d3po score: error: proxies.jpeg_compressibility: unknown option")
+    assert error.count("\n") == 1 and "Traceback" not in error
+
+
+def test_an_internal_error_keeps_its_traceback(tmp_path: Path, monkeypatch) -> None:
+    def broken(*args, **kwargs):
+        raise ValueError("an internal error, not the user's")
+
+    monkeypatch.setattr(rewards, "score_sample_dir", broken)
+    with pytest.raises(ValueError, match="internal"):
+        cli.main(
+            ["score", "--samples", str(tmp_path), "--proxy", "jpeg_compressibility"]
+            + ["--out", str(tmp_path / "s.csv")]
+        )
+
+
+HEADER = "epoch,samples_seen,reward_mean\n"
+
+
+@pytest.mark.parametrize(
+    "text", ["", HEADER, HEADER + "1,32,0.5\n2,6"], ids=["empty", "header", "cut"]
+)
+def test_an_empty_or_truncated_metrics_file_is_an_error_naming_it(
+    tmp_path: Path, capsys, text: str
+) -> None:
+    evaluation = tmp_path / "evaluation.csv"
+    row = ("x", "base", 0, 0, 0, "jpeg_compressibility", -0.8, 0.01, 4, -0.81, -0.79)
+    pd.DataFrame([row], columns=EVALUATION_COLUMNS).to_csv(evaluation, index=False)
+    metrics = tmp_path / "metrics.csv"
+    metrics.write_text(text)
+    with pytest.raises(SystemExit):
+        cli.main(
+            ["plot-curves", "--evaluation", str(evaluation), "--metrics", f"d3po={metrics}"]
+            + ["--out", str(tmp_path / "curves.png")]
+        )
+    error = capsys.readouterr().err
+    assert str(metrics) in error and error.count("\n") == 1
+    assert not (tmp_path / "curves.png").exists()
