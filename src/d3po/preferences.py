@@ -42,6 +42,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from d3po.errors import InputFileError
+
 JUDGEMENT_FIELDS = ("prompt", "a", "b", "winner", "annotator", "time")
 WINNERS = ("a", "b", "tie")
 PROTOCOLS = ("best", "score", "pairwise")
@@ -102,12 +104,12 @@ def preference_pairs(groups: np.ndarray, scores: np.ndarray) -> np.ndarray:
 def _check_string(record: dict[str, Any], field: str, where: str) -> None:
     value = record[field]
     if not isinstance(value, str) or not value:
-        raise ValueError(f"{where}: field {field!r} must be a non-empty string, got {value!r}")
+        raise InputFileError(f"{where}: field {field!r} must be a non-empty string, got {value!r}")
 
 
 def _check_known(image_id: str, field: str, where: str, known_ids: set[str] | None) -> None:
     if known_ids is not None and image_id not in known_ids:
-        raise ValueError(f"{where}: field {field!r} names unknown image id {image_id!r}")
+        raise InputFileError(f"{where}: field {field!r} names unknown image id {image_id!r}")
 
 
 def _check_images(record: dict[str, Any], where: str, known_ids: set[str] | None) -> None:
@@ -117,9 +119,9 @@ def _check_images(record: dict[str, Any], where: str, known_ids: set[str] | None
         or len(images) < 2
         or not all(isinstance(image, str) and image for image in images)
     ):
-        raise ValueError(f"{where}: field 'images' must list at least two image ids")
+        raise InputFileError(f"{where}: field 'images' must list at least two image ids")
     if len(set(images)) != len(images):
-        raise ValueError(f"{where}: field 'images' names an image twice")
+        raise InputFileError(f"{where}: field 'images' names an image twice")
     for image in images:
         _check_known(image, "images", where, known_ids)
 
@@ -131,10 +133,10 @@ def _is_number(value: Any) -> bool:
 def _check_scores(record: dict[str, Any], where: str, known_ids: set[str] | None) -> None:
     scores = record["scores"]
     if not isinstance(scores, dict) or not scores:
-        raise ValueError(f"{where}: field 'scores' must map image ids to numbers")
+        raise InputFileError(f"{where}: field 'scores' must map image ids to numbers")
     for image, value in scores.items():
         if not _is_number(value) or not math.isfinite(value):
-            raise ValueError(
+            raise InputFileError(
                 f"{where}: field 'scores' gives image {image!r} a non-number {value!r}"
             )
         _check_known(image, "scores", where, known_ids)
@@ -147,18 +149,18 @@ def _check_kind_fields(record: dict[str, Any], kind: str, where: str, known: set
         for name in ("a", "b"):
             _check_string(record, name, where)
         if record["winner"] not in WINNERS:
-            raise ValueError(
+            raise InputFileError(
                 f"{where}: field 'winner' must be one of {', '.join(WINNERS)}, "
                 f"got {record['winner']!r}"
             )
         if record["a"] == record["b"]:
-            raise ValueError(f"{where}: fields 'a' and 'b' name the same image {record['a']!r}")
+            raise InputFileError(f"{where}: fields 'a' and 'b' name the same image {record['a']!r}")
         for name in ("a", "b"):
             _check_known(record[name], name, where, known)
     elif kind in ("best", "skip"):
         _check_images(record, where, known)
         if kind == "best" and record["best"] not in record["images"]:
-            raise ValueError(
+            raise InputFileError(
                 f"{where}: field 'best' must be one of 'images', got {record['best']!r}"
             )
     elif kind == "score":
@@ -172,15 +174,15 @@ def validate_judgement(
 ) -> None:
     """Raise ValueError naming ``where`` and the field if ``record`` is not a valid record line."""
     if not isinstance(record, dict):
-        raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
+        raise InputFileError(f"{where}: expected a JSON object, got {type(record).__name__}")
     kind = record.get("kind", "pair")
     if kind not in KIND_FIELDS:
-        raise ValueError(
+        raise InputFileError(
             f"{where}: field 'kind' must be one of {', '.join(KIND_FIELDS)}, got {kind!r}"
         )
     missing = [name for name in (*KIND_FIELDS[kind], "annotator", "time") if name not in record]
     if missing:
-        raise ValueError(f"{where}: missing field(s) {', '.join(map(repr, missing))}")
+        raise InputFileError(f"{where}: missing field(s) {', '.join(map(repr, missing))}")
     _check_kind_fields(record, kind, where, known_ids)
     _check_string(record, "annotator", where)
     _check_string(record, "time", where)
@@ -188,14 +190,14 @@ def validate_judgement(
         if name in record:
             _check_string(record, name, where)
     if record.get("protocol", PROTOCOLS[0]) not in PROTOCOLS:
-        raise ValueError(f"{where}: field 'protocol' must be one of {', '.join(PROTOCOLS)}")
+        raise InputFileError(f"{where}: field 'protocol' must be one of {', '.join(PROTOCOLS)}")
     seconds = record.get("seconds", 0)
     if not _is_number(seconds) or not seconds >= 0:
-        raise ValueError(f"{where}: field 'seconds' must be a number >= 0, got {seconds!r}")
+        raise InputFileError(f"{where}: field 'seconds' must be a number >= 0, got {seconds!r}")
     try:
         datetime.fromisoformat(record["time"].replace("Z", "+00:00"))
     except ValueError:
-        raise ValueError(
+        raise InputFileError(
             f"{where}: field 'time' must be an ISO 8601 timestamp, got {record['time']!r}"
         ) from None
 
@@ -226,12 +228,12 @@ def check_against_manifest(record: dict[str, Any], where: str, manifest: pd.Data
         return
     rows = manifest.loc[images]
     if rows["group"].nunique() > 1:
-        raise ValueError(
+        raise InputFileError(
             f"{where}: images {', '.join(images)} come from different groups (initial noises) "
             f"{sorted(set(rows['group'].tolist()))}; only images of one group are compared"
         )
     if record["prompt"] != rows["prompt"].iloc[0]:
-        raise ValueError(
+        raise InputFileError(
             f"{where}: field 'prompt' is {record['prompt']!r} but image {images[0]!r} was "
             f"sampled for {rows['prompt'].iloc[0]!r}"
         )
@@ -255,7 +257,7 @@ def _parse_lines(path: Path) -> list[tuple[int, Any]]:
             if number == len(lines) and not text.endswith("\n"):
                 logger.warning("%s line %d: ignoring a cut-off last line", path.name, number)
                 continue
-            raise ValueError(f"{path.name} line {number}: invalid JSON ({error.msg})") from None
+            raise InputFileError(f"{path.name} line {number}: invalid JSON ({error.msg})") from None
     return parsed
 
 
@@ -268,16 +270,16 @@ def _check_history(records: list[dict[str, Any]], path: Path) -> None:
         if record["kind"] == "undo":
             target = record["undoes"]
             if owners.get(target) != record["annotator"]:
-                raise ValueError(
+                raise InputFileError(
                     f"{where}: undoes {target!r}, which is no earlier decision of "
                     f"{record['annotator']!r}"
                 )
             if target in undone:
-                raise ValueError(f"{where}: decision {target!r} is already undone")
+                raise InputFileError(f"{where}: decision {target!r} is already undone")
             undone.add(target)
         elif record["decision"] is not None:
             if record["decision"] in owners:
-                raise ValueError(f"{where}: decision id {record['decision']!r} is used twice")
+                raise InputFileError(f"{where}: decision id {record['decision']!r} is used twice")
             owners[record["decision"]] = record["annotator"]
 
 
@@ -377,7 +379,7 @@ def decide_pairs(judgements: pd.DataFrame, ids: list[str]) -> DecidedPairs:
     for row in live.itertuples():
         for image in judged_images(row):
             if image not in index:
-                raise ValueError(f"judged image id {image!r} is not among the samples")
+                raise InputFileError(f"judged image id {image!r} is not among the samples")
         if row.kind == "pair":
             votes.add(row.a, row.b, row.winner)
         elif row.kind == "best":
@@ -463,7 +465,9 @@ class JudgementRecord:
             fcntl.flock(self._handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             self._handle.close()
-            raise ValueError(f"{self.path}: another labelling app is writing this record") from None
+            raise InputFileError(
+                f"{self.path}: another labelling app is writing this record"
+            ) from None
         if self._handle.tell() > 0 and _last_byte(self.path) != b"\n":
             self.wait_durable(self.write_line(b"\n"))  # a crash's cut-off line stays alone
 

@@ -26,6 +26,7 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints
 
+from d3po.errors import ConfigError
 from d3po.labelling.assign import Assignments
 from d3po.labelling.guard import is_loopback, protect
 from d3po.labelling.tasks import SampleSet, Task, load_sample_set
@@ -199,11 +200,13 @@ def create_app(
 ) -> FastAPI:
     """The app for one sample set and one record (opened, and locked, until shutdown)."""
     if annotators_per_prompt < 1:
-        raise ValueError(f"--annotators-per-prompt must be at least 1, got {annotators_per_prompt}")
+        raise ConfigError(
+            f"--annotators-per-prompt must be at least 1, got {annotators_per_prompt}"
+        )
     if scale not in SCALES:
-        raise ValueError(f"unknown score scale {scale!r}; choose one of {', '.join(SCALES)}")
+        raise ConfigError(f"unknown score scale {scale!r}; choose one of {', '.join(SCALES)}")
     if token is None and not is_loopback(host):
-        raise ValueError(f"binding {host} (not loopback) requires an access token")
+        raise ConfigError(f"binding {host} (not loopback) requires an access token")
     samples = load_sample_set(samples_dir, protocol)
     record = JudgementRecord(judgements)
     try:

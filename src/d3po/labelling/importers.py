@@ -21,6 +21,7 @@ from urllib.parse import unquote, urlparse
 
 import pandas as pd
 
+from d3po.errors import InputFileError
 from d3po.preferences import (
     append_judgements,
     check_against_manifest,
@@ -34,7 +35,7 @@ def _load_json(path: Path) -> Any:
     try:
         return json.loads(Path(path).read_text(encoding="utf-8-sig"))
     except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: invalid JSON ({error.msg}, line {error.lineno})") from None
+        raise InputFileError(f"{path}: invalid JSON ({error.msg}, line {error.lineno})") from None
 
 
 def _now() -> str:
@@ -58,7 +59,7 @@ def import_reference(samples_dir: Path, files: list[Path], out: Path) -> int:
     for path in map(Path, files):
         scores = _load_json(path)
         if not isinstance(scores, list) or len(scores) > len(groups):
-            raise ValueError(
+            raise InputFileError(
                 f"{path}: expected a list of at most {len(groups)} prompts' scores (one list of "
                 "K numbers per prompt, in sampling order)"
             )
@@ -66,7 +67,9 @@ def import_reference(samples_dir: Path, files: list[Path], out: Path) -> int:
         for number, (entry, rows) in enumerate(zip(scores, groups, strict=False), start=1):
             where = f"{path.name} prompt {number}"
             if not isinstance(entry, list) or len(entry) != len(rows):
-                raise ValueError(f"{where}: expected a list of {len(rows)} scores, got {entry!r}")
+                raise InputFileError(
+                    f"{where}: expected a list of {len(rows)} scores, got {entry!r}"
+                )
             line = {
                 "kind": "score",
                 "prompt": str(rows["prompt"].iloc[0]),
@@ -92,7 +95,7 @@ def _match(url: Any, ids: dict[str, str], where: str) -> str:
     for candidate in (name, name.split("-", 1)[-1], Path(name).stem):
         if candidate in ids:
             return ids[candidate]
-    raise ValueError(f"{where}: image {url!r} matches no image of the sample set")
+    raise InputFileError(f"{where}: image {url!r} matches no image of the sample set")
 
 
 def _annotator(annotation: dict[str, Any]) -> str:
@@ -111,14 +114,16 @@ def import_label_studio(
     prompt_of = dict(zip(manifest["id"].astype(str), manifest["prompt"], strict=True))
     tasks = _load_json(export)
     if not isinstance(tasks, list):
-        raise ValueError(f"{export}: expected Label Studio's JSON export (a list of tasks)")
+        raise InputFileError(f"{export}: expected Label Studio's JSON export (a list of tasks)")
     lines = []
     for number, task in enumerate(tasks, start=1):
         where = f"{Path(export).name} task {task.get('id', number)}"
         data = task.get("data", {})
         missing = [name for name in fields if name not in data]
         if missing:
-            raise ValueError(f"{where}: data has no field(s) {missing}; pass --fields LEFT,RIGHT")
+            raise InputFileError(
+                f"{where}: data has no field(s) {missing}; pass --fields LEFT,RIGHT"
+            )
         a, b = (_match(data[name], ids, where) for name in fields)
         for annotation in task.get("annotations", []):
             selected = [
@@ -129,7 +134,9 @@ def import_label_studio(
             if annotation.get("was_cancelled") or not selected:
                 continue
             if selected[0] not in ("left", "right"):
-                raise ValueError(f"{where}: pairwise selection {selected[0]!r} is not left/right")
+                raise InputFileError(
+                    f"{where}: pairwise selection {selected[0]!r} is not left/right"
+                )
             line = {
                 "kind": "pair",
                 "prompt": str(prompt_of[a]),

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from d3po.errors import ConfigError
 from d3po.labelling.app import create_app
 from d3po.labelling.server import running
 
@@ -26,7 +27,7 @@ def _criterion(name: str):
 
     key = name.removeprefix("toy_")
     if key not in CRITERIA:
-        raise ValueError(f"unknown criterion '{name}'; known: {', '.join(CRITERIA)}")
+        raise ConfigError(f"unknown criterion '{name}'; known: {', '.join(CRITERIA)}")
     return CRITERIA[key]
 
 

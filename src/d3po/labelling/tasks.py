@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from d3po.errors import ConfigError, InputFileError
 from d3po.preferences import PROTOCOLS
 from d3po.rewards import read_manifest
 
@@ -48,7 +49,7 @@ def load_sample_set(samples_dir: Path, protocol: str) -> SampleSet:
     serving an image by id can never reach another file.
     """
     if protocol not in PROTOCOLS:
-        raise ValueError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+        raise ConfigError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
     root = Path(samples_dir).resolve()
     manifest = read_manifest(root)
     manifest["id"] = manifest["id"].astype(str)
@@ -58,7 +59,9 @@ def load_sample_set(samples_dir: Path, protocol: str) -> SampleSet:
     ):
         path = (root / relative).resolve()
         if not path.is_relative_to(root):
-            raise ValueError(f"{root / 'manifest.csv'} line {row}: path {relative!r} leaves {root}")
+            raise InputFileError(
+                f"{root / 'manifest.csv'} line {row}: path {relative!r} leaves {root}"
+            )
         files[image_id] = path
     tasks = {}
     for group, rows in manifest.groupby("group", sort=True):
