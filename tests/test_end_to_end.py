@@ -32,6 +32,7 @@ EVALUATION_COLUMNS = [
     "n",
     "ci_low",
     "ci_high",
+    "round",
 ]
 
 

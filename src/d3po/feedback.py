@@ -6,18 +6,29 @@ step; (2) people compare pairs of images of one prompt and their judgements are 
 JSON Lines file (``d3po.preferences``: one line per judgement, several annotators are
 majority-voted); (3) ``d3po train --samples DIR --judgements FILE`` trains D3PO on exactly
 those pairs, with the recorded steps as actions, for ``training.epochs`` passes.
+
+A proxy-scored round replaces (2) by a proxy's score table of the set (``load_scored``): pairs
+from the score order, within a group only, ties skipped, Pareto for several proxies. Rounds
+repeat: round r's set is sampled by round r-1's final adapter (docs/design.md).
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from d3po.preferences import judgements_to_pairs, read_judgements
+from d3po.config import SamplerSpec
+from d3po.preferences import judgements_to_pairs, preference_pairs, read_judgements
 from d3po.rewards import read_manifest
 from d3po.sampling import Trajectories, load_trajectories
+from d3po.scores import read_scores
+
+SAMPLER_RECORD = "sampler.json"
 
 
 @dataclass
@@ -32,16 +43,18 @@ class LabelledSamples:
         return self.pairs.tolist()
 
 
-def load_labelled(samples_dir: Path, judgements_path: Path) -> LabelledSamples:
-    """Read a sample set's trajectories and the judgements on its images, as pairs."""
-    manifest = read_manifest(samples_dir)
-    ids = [str(i) for i in manifest["id"]]
-    trajectories = load_trajectories(Path(samples_dir) / "trajectories.pt")
-    if len(trajectories.prompts) != len(ids):
-        raise ValueError(
-            f"{samples_dir}: manifest.csv lists {len(ids)} images but trajectories.pt holds "
-            f"{len(trajectories.prompts)}; sample the set again with --trajectories"
-        )
+def load_labelled(
+    samples_dir: Path,
+    judgements_path: Path,
+    sampler: SamplerSpec | None = None,
+    reduction: str | None = None,
+) -> LabelledSamples:
+    """Read a sample set's trajectories and the judgements on its images, as pairs.
+
+    With ``sampler`` (and ``reduction``), the set must have been sampled by that sampler
+    (:func:`check_sampler`).
+    """
+    ids, trajectories = _judged_set(samples_dir, sampler, reduction)
     judgements = read_judgements(Path(judgements_path), known_ids=set(ids))
     pairs = torch.as_tensor(judgements_to_pairs(judgements, ids)).long().reshape(-1, 2)
     if len(pairs) == 0:
@@ -50,6 +63,102 @@ def load_labelled(samples_dir: Path, judgements_path: Path) -> LabelledSamples:
             "nothing to train on"
         )
     return LabelledSamples(trajectories, pairs)
+
+
+def load_scored(
+    samples_dir: Path,
+    score_tables: Sequence[tuple[str, Path]],
+    sampler: SamplerSpec | None = None,
+    reduction: str | None = None,
+) -> LabelledSamples:
+    """A proxy-scored round: pairs of a set from its score tables ``[(proxy, csv), ...]``.
+
+    Within each group (one prompt, one initial noise) image i is preferred to j when its
+    scores Pareto-dominate j's; ties and incomparable pairs are skipped. Every table is
+    checked (d3po.scores.read_scores) against the set's manifest.
+    """
+    if not score_tables:
+        raise ValueError("a proxy-scored round needs at least one score table")
+    ids, trajectories = _judged_set(samples_dir, sampler, reduction)
+    columns = []
+    for proxy, path in score_tables:
+        table = read_scores(Path(path), proxy, ids).set_index("id")
+        columns.append(table.loc[ids, "value"].to_numpy())
+    pairs = preference_pairs(trajectories.groups.numpy(), np.stack(columns, axis=1))
+    if len(pairs) == 0:
+        raise ValueError(
+            f"{', '.join(str(path) for _, path in score_tables)}: every pair of images of the "
+            "same prompt ties: nothing to train on"
+        )
+    return LabelledSamples(trajectories, torch.as_tensor(pairs).long())
+
+
+def _judged_set(
+    samples_dir: Path, sampler: SamplerSpec | None, reduction: str | None
+) -> tuple[list[str], Trajectories]:
+    """The set's image ids (manifest order) and trajectories, checked against each other."""
+    manifest = read_manifest(samples_dir)
+    ids = [str(i) for i in manifest["id"]]
+    if sampler is not None:
+        check_sampler(samples_dir, sampler, reduction)
+    trajectories = load_trajectories(Path(samples_dir) / "trajectories.pt")
+    if len(trajectories.prompts) != len(ids):
+        raise ValueError(
+            f"{samples_dir}: manifest.csv lists {len(ids)} images but trajectories.pt holds "
+            f"{len(trajectories.prompts)}; sample the set again with --trajectories"
+        )
+    return ids, trajectories
+
+
+def check_sampler(samples_dir: Path, sampler: SamplerSpec, reduction: str | None = None) -> None:
+    """Refuse to train on a set sampled by another sampler than the training run's.
+
+    D3PO's log-probabilities of the recorded steps are only those of the sampling policy when
+    the steps, eta and guidance scale are the same. ``reduction``, when given, must match the
+    reduction of the log-probs kept in the set (a later round's reference policy).
+    """
+    path = Path(samples_dir) / SAMPLER_RECORD
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} is missing: the set does not say which sampler made it; sample it again "
+            "with `d3po sample --trajectories`"
+        )
+    record = json.loads(path.read_text())
+    recorded = record.get("sampler", {})
+    for field in ("num_steps", "eta", "guidance_scale"):
+        if recorded.get(field) != getattr(sampler, field):
+            raise ValueError(
+                f"{path}: the set was sampled with sampler.{field}={recorded.get(field)} but "
+                f"training uses {getattr(sampler, field)}; train with the sampler that made "
+                "the set, or sample it again"
+            )
+    if reduction is not None and record.get("log_prob_reduction") != reduction:
+        raise ValueError(
+            f"{path}: the set's log-probs are reduced by {record.get('log_prob_reduction')!r} "
+            f"but training.log_prob_reduction is {reduction!r}; a later round uses them as "
+            "its reference policy, so the two must match"
+        )
+
+
+def judging_progress(
+    samples_dir: Path, judgements_path: Path, annotators_per_prompt: int
+) -> tuple[int, int]:
+    """(prompts still to judge, prompts in the set) for a people's judgements file.
+
+    A prompt (a group of the set) is judged once ``annotators_per_prompt`` different
+    annotators judged at least one pair of its images. A missing file judges nothing.
+    """
+    manifest = read_manifest(samples_dir)
+    group_of = dict(zip(manifest["id"].astype(str), manifest["group"], strict=True))
+    total = manifest["group"].nunique()
+    if not Path(judgements_path).is_file():
+        return total, total
+    judgements = read_judgements(Path(judgements_path), known_ids=set(group_of))
+    annotators: dict[int, set[str]] = {}
+    for sample_id, annotator in zip(judgements["a"], judgements["annotator"], strict=True):
+        annotators.setdefault(group_of[sample_id], set()).add(annotator)
+    judged = sum(len(names) >= annotators_per_prompt for names in annotators.values())
+    return total - judged, total
 
 
 def simulate_judgements(
