@@ -34,7 +34,7 @@ def read_scores(path: Path, proxy: str, ids: Sequence[str] | None = None) -> pd.
     if not path.is_file():
         raise FileNotFoundError(f"score table not found: {path}")
     try:
-        table = pd.read_csv(path, dtype={"id": str, "proxy": str}, keep_default_na=False)
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as error:
         raise ScoreFileError(f"{path}: not a CSV table ({error})") from None
     missing = [column for column in SCORE_COLUMNS if column not in table.columns]
