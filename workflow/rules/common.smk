@@ -160,6 +160,45 @@ REGISTERED_PROXIES = registered_proxy_names()
 RULE_PROXIES = {}
 
 
+# ------------------------------------------------------------------------- users' proxy rules
+
+# (the wildcard carries the global sample_set constraint once the rule is defined)
+SCORE_OUTPUT = re.compile(
+    re.escape(f"{RESULTS}/scores/") + r"\{sample_set(?:,.*)?\}/(\w+)\.csv"
+)
+
+
+def proxy_rule_file(path):
+    """The absolute path of a listed rule file (an include would resolve it from here)."""
+    if not Path(path).is_file():
+        raise WorkflowError(
+            f"proxy_rules: '{path}' does not exist (paths are relative to the working "
+            f"directory, {Path.cwd()})"
+        )
+    return str(Path(path).resolve())
+
+
+def register_rule_proxies(path, rules):
+    """Record the proxy each of ``rules`` (included from ``path``) writes a score table for."""
+    names = [
+        match[1]
+        for rule in rules
+        for output in rule.output
+        if (match := SCORE_OUTPUT.fullmatch(str(output)))
+    ]
+    if not names:
+        raise WorkflowError(
+            f"proxy_rules: '{path}' has no rule writing {RESULTS}/scores/{{sample_set}}/NAME.csv"
+        )
+    for name in names:
+        if name in (REGISTERED_PROXIES or ()) or name in RULE_PROXIES:
+            raise WorkflowError(
+                f"proxy_rules: '{path}' writes scores of '{name}', a proxy that "
+                f"{RULE_PROXIES.get(name, 'd3po.rewards')} already provides; rename it"
+            )
+        RULE_PROXIES[name] = path
+
+
 # ------------------------------------------------------------------------- settings documents
 
 
@@ -505,16 +544,15 @@ def round_feedback(wildcards):
 
 def feedback_arguments(wildcards, input):
     """`d3po train` arguments of a round: the set, its judgements or scores, the start."""
-    arguments = f"--samples {input.samples}"
+    arguments = [f"--samples {input.samples}"]
     if "judgements" in input.keys():
-        arguments += f" --judgements {input.judgements}"
+        arguments.append(f"--judgements {input.judgements}")
     else:
-        scores = [
-            f"{proxy}={input['score_' + proxy]}"
-            for proxy in round_proxies(wildcards.experiment)
-        ]
-        arguments += " --scores " + " ".join(scores)
-    return arguments + " " + round_start_argument("--init-adapter")(wildcards, input)
+        proxies = round_proxies(wildcards.experiment)
+        arguments.append("--scores")
+        arguments.extend(f"{proxy}={input[f'score_{proxy}']}" for proxy in proxies)
+    arguments.append(round_start_argument("--init-adapter")(wildcards, input))
+    return " ".join(arguments)
 
 
 # ------------------------------------------------------------------------- wildcards
