@@ -171,10 +171,11 @@ def test_logs_and_benchmarks_are_written(results: Path):
 
 
 def test_the_judged_round_trains_on_the_judgements(results: Path):
-    manifest = pd.read_csv(results / "feedback/judged/samples/manifest.csv", dtype={"id": str})
+    judged_set = results / "samples/feedback/judged/round1"
+    manifest = pd.read_csv(judged_set / "manifest.csv", dtype={"id": str})
     assert list(manifest["id"]) == ["0000_00", "0000_01", "0001_00", "0001_01"]
-    assert (results / "feedback/judged/samples/trajectories.pt").stat().st_size > 0
-    metrics = pd.read_csv(results / "train/judged/d3po/seed0/metrics.csv")
+    assert (judged_set / "trajectories.pt").stat().st_size > 0
+    metrics = pd.read_csv(results / "train/judged/d3po/seed0/round1/metrics.csv")
     assert list(metrics["epoch"]) == list(EPOCHS)
     assert (metrics["units"] == 1).all()  # one decided pair; the split vote is no pair
     evaluation = pd.read_csv(results / "judged/evaluation.csv")

@@ -58,6 +58,20 @@ def snakemake(workdir: Path, *args: str, timeout: int = 300) -> subprocess.Compl
     )
 
 
+def dry_run(workdir: Path, config_file: str, *targets: str) -> subprocess.CompletedProcess:
+    """A dry run with ``config_file`` alone (nothing of config/config.yaml leaks in)."""
+    return snakemake(
+        workdir,
+        "--dry-run",
+        "--cores",
+        "1",
+        "--configfile",
+        config_file,
+        "--replace-workflow-config",
+        *targets,
+    )
+
+
 def job_counts(output: str) -> dict[str, int]:
     """The first 'Job stats' table of a Snakemake run as {rule: count} (without 'total')."""
     table = output.split("Job stats:", 1)[1]
@@ -114,15 +128,7 @@ def test_lint_is_clean(workdir: Path):
 @pytest.mark.parametrize("config_file", CONFIGS, ids=[path.name for path in CONFIGS])
 def test_dry_run_of_every_config(workdir: Path, config_file: Path):
     config = yaml.safe_load(config_file.read_text())
-    result = snakemake(
-        workdir,
-        "--dry-run",
-        "--cores",
-        "1",
-        "--configfile",
-        f"config/{config_file.name}",
-        "--replace-workflow-config",
-    )
+    result = dry_run(workdir, f"config/{config_file.name}")
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     counts = job_counts(output)
@@ -303,12 +309,11 @@ LABEL_COMMAND = (
 
 def test_a_round_is_sampled_before_any_judgement_then_stops_with_the_label_command(workdir):
     config = people_config(workdir)
-    args = ("--dry-run", "--cores", "1", "--configfile", config, "--replace-workflow-config")
-    result = snakemake(workdir, *args, "results/samples/feedback/safety_judged/round1")
+    result = dry_run(workdir, config, "results/samples/feedback/safety_judged/round1")
     assert result.returncode == 0, result.stdout + result.stderr
     assert job_counts(result.stdout) == {"sample_round": 1}
 
-    result = snakemake(workdir, *args)
+    result = dry_run(workdir, config)
     output = result.stdout + result.stderr
     assert result.returncode != 0, output
     assert "round 1 is not judged yet" in output, output
@@ -343,9 +348,7 @@ def test_incomplete_judgements_stop_before_training_saying_how_many_prompts_are_
     (workdir / "labels/round1.jsonl").write_text(
         "".join(json.dumps(line | {"time": "2026-11-30T12:00:00"}) + "\n" for line in lines)
     )
-    result = snakemake(
-        workdir, "--dry-run", "--cores", "1", "--configfile", config, "--replace-workflow-config"
-    )
+    result = dry_run(workdir, config)
     output = result.stdout + result.stderr
     assert result.returncode != 0, output
     left = len(prompts) - 1  # the first prompt has its two annotators, the second only one
@@ -361,15 +364,7 @@ def test_users_proxy_rules_score_every_set_and_all_stays_the_default_target(work
     config["experiments"]["safety_judged"]["judgements"]["proxy"] = "clip_score"
     del config["experiments"]["safety_judged"]["judgements"]["simulate"]
     (workdir / "clip.yaml").write_text(yaml.safe_dump(config))
-    result = snakemake(
-        workdir,
-        "--dry-run",
-        "--cores",
-        "1",
-        "--configfile",
-        "clip.yaml",
-        "--replace-workflow-config",
-    )
+    result = dry_run(workdir, "clip.yaml")
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     counts = job_counts(output)

@@ -16,11 +16,11 @@ Reference: Hessel et al., "CLIPScore: A Reference-free Evaluation Metric for Ima
 (2021) uses w * max(cos, 0) with w = 2.5; this is the plain cosine, which orders images alike.
 """
 
-from __future__ import annotations
-
+# (no `from __future__` import: Snakemake's script: directive puts its preamble first)
 import argparse
 import os
-import sys
+import traceback
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no network: the weights must be on disk
@@ -83,7 +83,7 @@ def write_scores(table: pd.DataFrame, out: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description="CLIP score of a sample set (a score table)")
     parser.add_argument("--samples", type=Path, required=True, help="a sample set folder")
     parser.add_argument("--out", type=Path, required=True, help="the score table (NAME.csv)")
     parser.add_argument("--model", default="ViT-B-32", help="open_clip name or local-dir:DIR")
@@ -103,14 +103,19 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{args.out.stem}: mean {table['value'].mean():.4f} over {len(table)} images")
 
 
-if "snakemake" in globals():  # run by the rule's script: directive
-    rule = globals()["snakemake"]
-    with open(rule.log[0], "w") as log:
-        sys.stdout = sys.stderr = log
-        options = rule.params.options
-        main(
-            ["--samples", rule.input.samples, "--out", rule.output.csv]
-            + [f"--{key.replace('_', '-')}={value}" for key, value in options.items()]
-        )
+def run_rule(rule) -> None:
+    """Run for the rule's script: directive, with its log as stdout and stderr."""
+    options = [f"--{key.replace('_', '-')}={value}" for key, value in rule.params.options.items()]
+    arguments = ["--samples", rule.input.samples, "--out", rule.output.csv, *options]
+    with open(rule.log[0], "w") as log, redirect_stdout(log), redirect_stderr(log):
+        try:
+            main(arguments)
+        except BaseException:
+            traceback.print_exc()
+            raise
+
+
+if "snakemake" in globals():  # the script: directive defines `snakemake`
+    run_rule(globals()["snakemake"])
 elif __name__ == "__main__":
     main()
