@@ -4,16 +4,15 @@ then every declared output is checked to exist and to be well formed."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 from PIL import Image
+from workflow_runs import copy_workflow, run_workflow, workflow_env
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "config" / "tiny.yaml"
@@ -53,35 +52,12 @@ JUDGEMENTS = "".join(
 @pytest.fixture(scope="module")
 def results(tmp_path_factory) -> Path:
     """Run the workflow once for all the tests of this module; return its results/ folder."""
-    workdir = tmp_path_factory.mktemp("workflow")
-    for part in ("Snakefile", "workflow", "config"):
-        source = REPO / part
-        copy = shutil.copytree if source.is_dir() else shutil.copy
-        copy(source, workdir / part)
+    workdir = copy_workflow(tmp_path_factory.mktemp("workflow"))
     shutil.copy(TINY, workdir / "tiny.yaml")
     (workdir / "labels.jsonl").write_text(JUDGEMENTS)
-    bin_dir = str(Path(sys.executable).parent)
-    env = os.environ | {"PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
-    command = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "--cores",
-        "2",
-        "--configfile",
-        "tiny.yaml",
-        "--replace-workflow-config",
-    ]
-    result = subprocess.run(
-        command, cwd=workdir, env=env, capture_output=True, text=True, timeout=1800
-    )
-    if result.returncode != 0:
-        logs = "\n".join(
-            f"--- {log}\n{log.read_text()[-3000:]}" for log in workdir.glob("results/logs/**/*.log")
-        )
-        pytest.fail(f"snakemake failed:\n{result.stdout}\n{result.stderr[-6000:]}\n{logs}")
+    command = run_workflow(workdir, "tiny.yaml", timeout=1800)
     summary = subprocess.run(
-        [*command, "--summary"], cwd=workdir, env=env, capture_output=True, text=True
+        [*command, "--summary"], cwd=workdir, env=workflow_env(), capture_output=True, text=True
     )
     assert summary.returncode == 0, summary.stderr
     assert "missing" not in summary.stdout, summary.stdout

@@ -15,19 +15,16 @@ Every sample set is scored by the three evaluation proxies, two of them rules.
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
+from workflow_runs import copy_workflow, run_workflow, workflow_env
 
 from d3po.scores import read_scores
 
-REPO = Path(__file__).resolve().parents[1]
 EPOCHS = 2  # per round
 
 BRIGHTNESS_RULE = """
@@ -101,32 +98,19 @@ def config(clip_dir: Path) -> dict:
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory, tiny_clip_dir) -> Path:
     """Run the whole workflow once (no target: `all`) for every test of this module."""
-    workdir = tmp_path_factory.mktemp("rounds")
-    for part in ("Snakefile", "workflow", "config"):
-        source = REPO / part
-        copy = shutil.copytree if source.is_dir() else shutil.copy
-        copy(source, workdir / part)
+    workdir = copy_workflow(tmp_path_factory.mktemp("rounds"))
     (workdir / "my_rules").mkdir()
     (workdir / "my_rules/brightness.smk").write_text(BRIGHTNESS_RULE)
     (workdir / "my_rules/brightness.py").write_text(BRIGHTNESS_SCRIPT)
-    (workdir / "my_rules/brightness.yaml").write_text(
-        "dependencies: [python, numpy, pandas, pillow]\n"
-    )
+    (workdir / "my_rules/brightness.yaml").write_text("dependencies: [numpy, pandas, pillow]\n")
     (workdir / "rounds.yaml").write_text(yaml.safe_dump(config(tiny_clip_dir)))
-    bin_dir = str(Path(sys.executable).parent)
-    env = os.environ | {"PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
-    command = [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", "rounds.yaml"]
-    command.append("--replace-workflow-config")
-    result = subprocess.run(
-        command, cwd=workdir, env=env, capture_output=True, text=True, timeout=2400
-    )
-    if result.returncode != 0:
-        logs = "\n".join(
-            f"--- {log}\n{log.read_text()[-2000:]}" for log in workdir.glob("results/logs/**/*.log")
-        )
-        pytest.fail(f"snakemake failed:\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}\n{logs}")
+    command = run_workflow(workdir, "rounds.yaml")
     report = subprocess.run(
-        [*command, "--report", "report.html"], cwd=workdir, env=env, capture_output=True, text=True
+        [*command, "--report", "report.html"],
+        cwd=workdir,
+        env=workflow_env(),
+        capture_output=True,
+        text=True,
     )
     assert report.returncode == 0, report.stderr
     return workdir
