@@ -32,3 +32,36 @@ def fresh_pipe():
 @pytest.fixture
 def sampler() -> SamplerSpec:
     return SamplerSpec(num_steps=4, eta=1.0, guidance_scale=3.0, batch_size=16)
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tmp_path_factory):
+    """A tiny random open_clip model saved as an open_clip folder (config + weights), the form
+    `local-dir:FOLDER` loads; real CLIP weights cannot be downloaded here."""
+    import json
+
+    import open_clip
+
+    config = {
+        "embed_dim": 16,
+        "vision_cfg": {
+            "image_size": 32,
+            "layers": 1,
+            "width": 32,
+            "patch_size": 8,
+            "head_width": 16,
+        },
+        "text_cfg": {
+            "context_length": 77,
+            "vocab_size": 49408,
+            "width": 32,
+            "heads": 2,
+            "layers": 1,
+        },
+    }
+    torch.manual_seed(0)
+    model = open_clip.model.CLIP(**config)
+    folder = tmp_path_factory.mktemp("tiny_clip")
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": config}))
+    torch.save(model.state_dict(), folder / "open_clip_pytorch_model.bin")
+    return folder

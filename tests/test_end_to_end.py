@@ -4,7 +4,6 @@ then every declared output is checked to exist and to be well formed."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -14,6 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 from PIL import Image
+from workflow_runs import copy_workflow, run_workflow, workflow_env
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "config" / "tiny.yaml"
@@ -32,6 +32,7 @@ EVALUATION_COLUMNS = [
     "n",
     "ci_low",
     "ci_high",
+    "round",
 ]
 
 
@@ -52,35 +53,12 @@ JUDGEMENTS = "".join(
 @pytest.fixture(scope="module")
 def results(tmp_path_factory) -> Path:
     """Run the workflow once for all the tests of this module; return its results/ folder."""
-    workdir = tmp_path_factory.mktemp("workflow")
-    for part in ("Snakefile", "workflow", "config"):
-        source = REPO / part
-        copy = shutil.copytree if source.is_dir() else shutil.copy
-        copy(source, workdir / part)
+    workdir = copy_workflow(tmp_path_factory.mktemp("workflow"))
     shutil.copy(TINY, workdir / "tiny.yaml")
     (workdir / "labels.jsonl").write_text(JUDGEMENTS)
-    bin_dir = str(Path(sys.executable).parent)
-    env = os.environ | {"PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
-    command = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "--cores",
-        "2",
-        "--configfile",
-        "tiny.yaml",
-        "--replace-workflow-config",
-    ]
-    result = subprocess.run(
-        command, cwd=workdir, env=env, capture_output=True, text=True, timeout=1800
-    )
-    if result.returncode != 0:
-        logs = "\n".join(
-            f"--- {log}\n{log.read_text()[-3000:]}" for log in workdir.glob("results/logs/**/*.log")
-        )
-        pytest.fail(f"snakemake failed:\n{result.stdout}\n{result.stderr[-6000:]}\n{logs}")
+    command = run_workflow(workdir, "tiny.yaml", timeout=1800)
     summary = subprocess.run(
-        [*command, "--summary"], cwd=workdir, env=env, capture_output=True, text=True
+        [*command, "--summary"], cwd=workdir, env=workflow_env(), capture_output=True, text=True
     )
     assert summary.returncode == 0, summary.stderr
     assert "missing" not in summary.stdout, summary.stdout
@@ -170,10 +148,11 @@ def test_logs_and_benchmarks_are_written(results: Path):
 
 
 def test_the_judged_round_trains_on_the_judgements(results: Path):
-    manifest = pd.read_csv(results / "feedback/judged/samples/manifest.csv", dtype={"id": str})
+    judged_set = results / "samples/feedback/judged/round1"
+    manifest = pd.read_csv(judged_set / "manifest.csv", dtype={"id": str})
     assert list(manifest["id"]) == ["0000_00", "0000_01", "0001_00", "0001_01"]
-    assert (results / "feedback/judged/samples/trajectories.pt").stat().st_size > 0
-    metrics = pd.read_csv(results / "train/judged/d3po/seed0/metrics.csv")
+    assert (judged_set / "trajectories.pt").stat().st_size > 0
+    metrics = pd.read_csv(results / "train/judged/d3po/seed0/round1/metrics.csv")
     assert list(metrics["epoch"]) == list(EPOCHS)
     assert (metrics["units"] == 1).all()  # one decided pair; the split vote is no pair
     evaluation = pd.read_csv(results / "judged/evaluation.csv")
@@ -182,13 +161,11 @@ def test_the_judged_round_trains_on_the_judgements(results: Path):
 
 def test_the_report_shows_the_results_table_and_what_the_run_was(results: Path):
     workdir = results.parent
-    bin_dir = str(Path(sys.executable).parent)
-    env = os.environ | {"PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
     command = [sys.executable, "-m", "snakemake", "--configfile", "tiny.yaml"]
     report = subprocess.run(
         [*command, "--replace-workflow-config", "--report", "results/report.html"],
         cwd=workdir,
-        env=env,
+        env=workflow_env(),
         capture_output=True,
         text=True,
         timeout=600,

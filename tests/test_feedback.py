@@ -8,7 +8,7 @@ import torch
 
 from d3po.config import SamplerSpec, SampleSettings, TrainingSpec, TrainSettings
 from d3po.evaluate import write_samples
-from d3po.feedback import load_labelled
+from d3po.feedback import judging_progress, load_labelled, load_scored
 from d3po.models import ModelSpec
 from d3po.preferences import append_judgement
 from d3po.train import Trainer, train
@@ -134,3 +134,82 @@ def test_the_simulated_annotator_writes_judgements_the_judges_agree_with(tmp_pat
     for row in judgements.itertuples():
         expected = "tie" if safe[row.a] == safe[row.b] else ("a" if safe[row.a] else "b")
         assert row.winner == expected
+
+
+def test_a_set_sampled_with_another_sampler_is_refused(judged_set):
+    samples, judgements = judged_set
+    other = SamplerSpec(num_steps=3, eta=1.0, guidance_scale=5.0, batch_size=16)
+    with pytest.raises(
+        ValueError, match=r"sampler\.json: .*guidance_scale=2\.0 but training uses 5\.0"
+    ):
+        load_labelled(samples, judgements, sampler=other)
+    load_labelled(samples, judgements, sampler=SAMPLER)  # the same sampler (batch size aside)
+    (samples / "sampler.json").unlink()
+    with pytest.raises(FileNotFoundError, match="sampler.json is missing"):
+        load_labelled(samples, judgements, sampler=SAMPLER)
+
+
+def test_proxy_scores_give_pairs_within_each_group_ties_skipped(judged_set, tmp_path):
+    samples, _ = judged_set
+    manifest = pd.read_csv(samples / "manifest.csv", dtype={"id": str})
+    # group 0: 3 > 1 = 1 (one tie); group 1: 5 > 4 > 0, and 5 > any score of group 0
+    values = [3.0, 1.0, 1.0, 0.0, 5.0, 4.0]
+    scores = tmp_path / "brightness.csv"
+    pd.DataFrame({"id": manifest["id"], "proxy": "brightness", "value": values}).to_csv(
+        scores, index=False
+    )
+    labelled = load_scored(samples, [("brightness", scores)], sampler=SAMPLER)
+    assert sorted(map(tuple, labelled.pairs.tolist())) == [(0, 1), (0, 2), (4, 3), (4, 5), (5, 3)]
+
+
+def test_a_bad_score_table_stops_a_proxy_scored_round(judged_set, tmp_path):
+    samples, _ = judged_set
+    scores = tmp_path / "brightness.csv"
+    scores.write_text("id,proxy,value\n0000_00,brightness,1\n")
+    with pytest.raises(ValueError, match="brightness.csv: 5 image"):
+        load_scored(samples, [("brightness", scores)])
+
+
+def test_judging_progress_counts_prompts_with_enough_annotators(judged_set, tmp_path):
+    samples, judgements = judged_set  # "ann" judged both prompts
+    assert judging_progress(samples, judgements, 1) == (0, 2)
+    assert judging_progress(samples, judgements, 2) == (2, 2)
+    append_judgement(
+        judgements,
+        {
+            "prompt": "a red circle",
+            "a": "0000_00",
+            "b": "0000_01",
+            "winner": "a",
+            "annotator": "bob",
+            "time": "2026-11-28T13:00:00",
+        },
+    )
+    assert judging_progress(samples, judgements, 2) == (1, 2)
+    assert judging_progress(samples, tmp_path / "nobody.jsonl", 1) == (2, 2)
+
+
+def test_a_later_round_starts_from_the_earlier_adapter_as_its_reference(judged_set, tmp_path):
+    """Round 2 samples with round 1's adapter and trains on from it: at its start the policy is
+    the policy that sampled the set, so the preference margin against the reference is zero."""
+    samples, judgements = judged_set
+    train(
+        settings(epochs=2),
+        tmp_path / "round1",
+        tmp_path / "state1",
+        load_labelled(samples, judgements),
+    )
+    adapter = tmp_path / "round1" / "checkpoints" / "epoch_0002"
+    round2 = tmp_path / "round2_samples"
+    write_samples(
+        SampleSettings(prompts=PROMPTS, images_per_prompt=3, seed=8, sampler=SAMPLER),
+        round2,
+        adapter=adapter,
+        keep_trajectories=True,
+    )
+    labelled = load_labelled(round2, judgements, SAMPLER, "mean")
+    trainer = Trainer(settings(), labelled=labelled, init_adapter=adapter)
+    assert preference_margin(trainer) == pytest.approx(0.0, abs=1e-5)
+    for _ in range(2):
+        trainer.run_epoch()
+    assert preference_margin(trainer) > 1e-4

@@ -49,13 +49,33 @@ def _evaluation_table() -> pd.DataFrame:
     rows = []
     for proxy, base in (("jpeg", 10.0), ("aes", 5.0)):
         for seed in (0, 1):
-            rows.append(("jpeg", "base", seed, 0, 0, proxy, base + seed, 0.5, 4, 0.0, 99.0))
+            rows.append(("jpeg", "base", seed, 0, 0, proxy, base + seed, 0.5, 4, 0.0, 99.0, None))
             for epoch in (1, 2):
                 for method, gain in (("d3po", 3.0), ("ddpo", 1.0)):
                     value = base + seed + gain * epoch
                     run = ("jpeg", method, seed, epoch, 16 * epoch)
-                    rows.append((*run, proxy, value, 0.5, 4, value - 1.0, value + 1.0))
+                    rows.append((*run, proxy, value, 0.5, 4, value - 1.0, value + 1.0, None))
     return pd.DataFrame(rows, columns=plots.EVALUATION_COLUMNS)
+
+
+def _rounds_table() -> pd.DataFrame:
+    """Experiment 'hands' in two feedback rounds of 2 epochs: epochs 1-2 round 1, 3-4 round 2."""
+    rows = [("hands", "base", 0, 0, 0, "safe", 0.5, 0.5, 8, 0.4, 0.6, 0)]
+    for epoch, value in ((1, 0.55), (2, 0.6), (3, 0.7), (4, 0.8)):
+        run = ("hands", "d3po", 0, epoch, 8 * epoch)
+        rows.append((*run, "safe", value, 0.5, 8, value - 0.1, value + 0.1, (epoch + 1) // 2))
+    return pd.DataFrame(rows, columns=plots.EVALUATION_COLUMNS)
+
+
+def test_results_table_has_a_row_per_feedback_round(tmp_path: Path) -> None:
+    evaluation = tmp_path / "evaluation.csv"
+    _rounds_table().to_csv(evaluation, index=False)
+    summary = plots.results_table([evaluation], tmp_path / "r.csv", tmp_path / "r.md")
+    ends = dict(zip(summary["method"], summary["end_mean"], strict=True))
+    assert ends == {"d3po round 1": pytest.approx(0.6), "d3po round 2": pytest.approx(0.8)}
+    assert (summary["start_mean"] == 0.5).all()
+    plots.plot_curves(evaluation, tmp_path / "curves.png")
+    _assert_png(tmp_path / "curves.png")
 
 
 def _assert_png(path: Path) -> None:

@@ -7,6 +7,7 @@ under tmp_path, so nothing is written into the checkout.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -57,10 +58,18 @@ def snakemake(workdir: Path, *args: str, timeout: int = 300) -> subprocess.Compl
     )
 
 
-def dry_run(workdir: Path, config_file: str) -> subprocess.CompletedProcess:
-    """`snakemake --dry-run` with ``config_file`` alone as the config."""
-    arguments = ["--dry-run", "--cores", "1", "--configfile", config_file]
-    return snakemake(workdir, *arguments, "--replace-workflow-config")
+def dry_run(workdir: Path, config_file: str, *targets: str) -> subprocess.CompletedProcess:
+    """A dry run with ``config_file`` alone (nothing of config/config.yaml leaks in)."""
+    return snakemake(
+        workdir,
+        "--dry-run",
+        "--cores",
+        "1",
+        "--configfile",
+        config_file,
+        "--replace-workflow-config",
+        *targets,
+    )
 
 
 def job_counts(output: str) -> dict[str, int]:
@@ -77,9 +86,20 @@ def job_counts(output: str) -> dict[str, int]:
 
 
 def expected_train_jobs(config: dict) -> int:
+    """Online training runs: one per method and seed of every experiment without judgements."""
     return sum(
         len(experiment.get("methods", ["d3po", "ddpo"])) * len(experiment.get("seeds", [0]))
         for experiment in config["experiments"].values()
+        if not experiment.get("judgements")
+    )
+
+
+def expected_round_jobs(config: dict) -> int:
+    """Feedback rounds: one training run per round and seed of every judged experiment."""
+    return sum(
+        experiment["judgements"].get("rounds", 1) * len(experiment.get("seeds", [0]))
+        for experiment in config["experiments"].values()
+        if experiment.get("judgements")
     )
 
 
@@ -114,9 +134,11 @@ def test_dry_run_of_every_config(workdir: Path, config_file: Path):
     counts = job_counts(output)
     judged = [e for e in config["experiments"].values() if e.get("judgements")]
     simulated = [e for e in judged if e["judgements"].get("simulate")]
-    expected = EXPECTED_RULES | ({"sample_for_judging"} if judged else set())
+    expected = EXPECTED_RULES | ({"sample_round", "train_round"} if judged else set())
     assert set(counts) == expected | ({"simulate_judgements"} if simulated else set()), counts
-    assert counts.get("sample_for_judging", 0) == len(judged)
+    rounds = sum(e["judgements"].get("rounds", 1) for e in judged)
+    assert counts.get("sample_round", 0) == rounds
+    assert counts.get("train_round", 0) == expected_round_jobs(config)
     assert counts["train"] == expected_train_jobs(config)
     assert counts["sample_baseline"] == 1
     assert not (workdir / "results").exists()
@@ -168,11 +190,34 @@ def judged_ddpo(config):
     config["experiments"]["safety_judged"]["methods"] = ["d3po", "ddpo"]
 
 
-def judgements_file_missing(config):
+def rule_proxy_as_online_objective(config):
+    config["proxy_rules"] = ["workflow/proxies/clip_score.smk"]
+    experiment(config)["objectives"] = ["clip_score"]
+
+
+def proxy_rule_file_missing(config):
+    config["proxy_rules"] = ["my_rules/sharpness.smk"]
+
+
+def unknown_round_proxy(config):
+    config["experiments"]["safety_judged"]["judgements"] = {"prompts": "shapes", "proxy": "sharp"}
+
+
+def two_feedback_sources(config):
+    config["experiments"]["safety_judged"]["judgements"]["proxy"] = "toy_safe"
+
+
+def one_file_for_several_rounds(config):
     config["experiments"]["safety_judged"]["judgements"] = {
         "prompts": "shapes",
-        "file": "labels/round1.jsonl",
+        "file": "labels/hands.jsonl",
+        "rounds": 2,
     }
+
+
+def several_seeds_in_several_rounds(config):
+    config["experiments"]["safety_judged"]["judgements"]["rounds"] = 2
+    config["experiments"]["safety_judged"]["seeds"] = [0, 1]
 
 
 def prompt_outside_the_toy_world(config):
@@ -212,7 +257,20 @@ BAD_CONFIGS = {
     missing_model_folder: ["model.source", "./models/not-downloaded"],
     prompt_outside_the_toy_world: ["prompts.shapes", "magenta", "known colours"],
     judged_ddpo: ["experiments.safety_judged.methods", "D3PO only"],
-    judgements_file_missing: ["judgements.file", "labels/round1.jsonl", "feedback/safety_judged"],
+    rule_proxy_as_online_objective: [
+        "experiments.compressibility.objectives",
+        "'clip_score' is a rule-based proxy",
+        "judgements: {prompts: ..., proxy: clip_score, rounds: N}",
+    ],
+    proxy_rule_file_missing: ["proxy_rules", "my_rules/sharpness.smk", "working directory"],
+    unknown_round_proxy: ["experiments.safety_judged.judgements.proxy", "sharp", "toy_safe"],
+    two_feedback_sources: [
+        "experiments.safety_judged.judgements",
+        "exactly one",
+        "simulate, proxy",
+    ],
+    one_file_for_several_rounds: ["judgements.file", "{round}", "rounds: 2"],
+    several_seeds_in_several_rounds: ["experiments.safety_judged.seeds", "seeds: [0]"],
 }
 
 
@@ -321,3 +379,94 @@ def test_make_report_reuses_the_config_of_the_last_make_run(tmp_path: Path):
     (tmp_path / "results" / ".make-run-config").write_text("config/toy-paper.yaml\n")
     assert "--configfile config/toy-paper.yaml" in recipe("report")
     assert "--configfile config/paper.yaml" in recipe("report", "CONFIG=config/paper.yaml")
+
+
+# --------------------------------------------------------------------------- feedback rounds
+
+
+def people_config(workdir: Path, rounds: int = 2) -> str:
+    """config.yaml with the judged experiment judged by people (2 per prompt) in ``rounds``."""
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config["experiments"]["safety_judged"]["judgements"] = {
+        "prompts": "shapes",
+        "images_per_prompt": 2,
+        "file": "labels/round{round}.jsonl",
+        "rounds": rounds,
+        "protocol": "pairwise",
+        "annotators_per_prompt": 2,
+    }
+    (workdir / "people.yaml").write_text(yaml.safe_dump(config))
+    return "people.yaml"
+
+
+LABEL_COMMAND = (
+    "d3po label results/samples/feedback/safety_judged/round1 --judgements labels/round1.jsonl"
+    " --protocol pairwise --annotators-per-prompt 2"
+)
+
+
+def test_a_round_is_sampled_before_any_judgement_then_stops_with_the_label_command(workdir):
+    config = people_config(workdir)
+    result = dry_run(workdir, config, "results/samples/feedback/safety_judged/round1")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert job_counts(result.stdout) == {"sample_round": 1}
+
+    result = dry_run(workdir, config)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert "round 1 is not judged yet" in output, output
+    assert "snakemake results/samples/feedback/safety_judged/round1" in output
+    assert LABEL_COMMAND in output
+    assert "Job stats" not in output
+
+
+def write_fake_set(folder: Path, prompts: list[str], images_per_prompt: int) -> None:
+    """A sample set's manifest and images (plain squares): what judging_progress reads."""
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    rows = ["id,prompt,group,seed,path"]
+    for group, prompt in enumerate(prompts):
+        for image in range(images_per_prompt):
+            name = f"{group:04d}_{image:02d}"
+            Image.new("RGB", (4, 4)).save(folder / f"{name}.png")
+            rows.append(f"{name},{prompt},{group},0,{name}.png")
+    (folder / "manifest.csv").write_text("\n".join(rows) + "\n")
+
+
+def test_incomplete_judgements_stop_before_training_saying_how_many_prompts_are_left(workdir):
+    config = people_config(workdir, rounds=1)
+    prompts = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["prompts"]["shapes"]
+    write_fake_set(workdir / "results/samples/feedback/safety_judged/round1", prompts, 2)
+    (workdir / "labels").mkdir()
+    lines = [
+        {"prompt": prompts[0], "a": "0000_00", "b": "0000_01", "winner": "a", "annotator": who}
+        for who in ("ann", "bob")
+    ] + [{"prompt": prompts[1], "a": "0001_00", "b": "0001_01", "winner": "b", "annotator": "ann"}]
+    (workdir / "labels/round1.jsonl").write_text(
+        "".join(json.dumps(line | {"time": "2026-11-30T12:00:00"}) + "\n" for line in lines)
+    )
+    result = dry_run(workdir, config)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    left = len(prompts) - 1  # the first prompt has its two annotators, the second only one
+    assert f"labels/round1.jsonl: {left} of {len(prompts)} prompts of round 1" in output, output
+    assert LABEL_COMMAND in output
+    assert "Job stats" not in output
+
+
+def test_users_proxy_rules_score_every_set_and_all_stays_the_default_target(workdir):
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config["proxy_rules"] = ["workflow/proxies/clip_score.smk"]
+    config["evaluation"]["proxies"] = ["toy_safe", "clip_score"]
+    config["experiments"]["safety_judged"]["judgements"]["proxy"] = "clip_score"
+    del config["experiments"]["safety_judged"]["judgements"]["simulate"]
+    (workdir / "clip.yaml").write_text(yaml.safe_dump(config))
+    result = dry_run(workdir, "clip.yaml")
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    counts = job_counts(output)
+    sample_sets = 1 + counts["sample_checkpoint"] + counts["sample_round"]
+    assert counts["clip_score"] == sample_sets  # the evaluation sets and the round's set
+    assert counts["score_samples"] == sample_sets - counts["sample_round"]
+    assert counts["all"] == 1

@@ -4,6 +4,8 @@
     d3po score    --samples DIR --proxy NAME --out CSV [--options JSON]
     d3po train    --settings JSON --run-dir DIR --state-dir DIR       D3PO or DDPO, resumable
                   [--samples DIR --judgements JSONL]                 D3PO on human judgements
+                  [--samples DIR --scores PROXY=CSV ...]             ... on a proxy's score order
+                  [--init-adapter CHECKPOINT]                        from an earlier round
     d3po annotate --samples DIR --criterion NAME --out JSONL          toy world's annotator
                   [--via-http --protocol best|score|pairwise]        ... through the app
     d3po label SAMPLES_DIR --judgements JSONL [--host --port --protocol --token ...]
@@ -72,13 +74,22 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     settings = parse(TrainSettings, args.settings)
     labelled = None
-    if args.samples or args.judgements:
-        from d3po.feedback import load_labelled
+    if args.samples or args.judgements or args.scores:
+        from d3po.feedback import load_labelled, load_scored
 
-        if not (args.samples and args.judgements):
-            raise ConfigError("--samples and --judgements go together (a judged sample set)")
-        labelled = load_labelled(args.samples, args.judgements)
-    train(settings, args.run_dir, args.state_dir, labelled=labelled)
+        if not args.samples or bool(args.judgements) == bool(args.scores):
+            raise ConfigError(
+                "--samples goes with one of --judgements (people's) or --scores (a proxy's)"
+            )
+        # a round that starts from an earlier adapter uses the set's recorded log-probs
+        reduction = settings.training.log_prob_reduction if args.init_adapter else None
+        set_up = (settings.sampler, reduction)
+        labelled = (
+            load_labelled(args.samples, args.judgements, *set_up)
+            if args.judgements
+            else load_scored(args.samples, args.scores, *set_up)
+        )
+    train(settings, args.run_dir, args.state_dir, labelled=labelled, init_adapter=args.init_adapter)
 
 
 def cmd_annotate(args: argparse.Namespace) -> None:
@@ -141,11 +152,16 @@ def cmd_label_benchmark(args: argparse.Namespace) -> None:
 
 def cmd_collect(args: argparse.Namespace) -> None:
     from d3po.plots import collect_evaluation
+    from d3po.scores import check_run_scores
 
     runs = args.runs
+    for run in runs:
+        check_run_scores(run)
     score_csvs = [Path(csv) for run in runs for csv in run["scores"]]
     descriptions = [
-        {k: v for k, v in run.items() if k != "scores"} for run in runs for _ in run["scores"]
+        {k: v for k, v in run.items() if k not in ("scores", "samples")}
+        for run in runs
+        for _ in run["scores"]
     ]
     collect_evaluation(score_csvs, descriptions, args.out)
 
@@ -278,6 +294,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--state-dir", type=Path, required=True)
     train.add_argument("--samples", type=Path, help="a sample set made with --trajectories")
     train.add_argument("--judgements", type=Path, help="JSON Lines judgements on --samples")
+    train.add_argument(
+        "--scores", type=_labelled, nargs="+", help="PROXY=CSV score tables of --samples"
+    )
+    train.add_argument("--init-adapter", type=Path, help="start from this LoRA checkpoint")
     train.set_defaults(run=cmd_train)
 
     annotate = steps.add_parser("annotate", help="toy world: the simulated annotator judges")

@@ -3,11 +3,15 @@
 Every model of an experiment is evaluated on the same prompts and initial noises: the seed of
 prompt i is derived from (settings.seed, i), so the base model and each checkpoint see exactly
 the same x_T and step noises, and differences come from the weights alone. A sample set is a
-folder of PNGs with a ``manifest.csv`` (id, prompt, group, seed, path) that scoring reads.
+folder of PNGs with a ``manifest.csv`` (id, prompt, group, seed, path) that scoring reads, and
+a ``sampler.json`` recording how the set was sampled (the sampler, the adapter), so that training
+on judgements of the set can refuse a different sampler (d3po.feedback.check_sampler).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import shutil
 from pathlib import Path
@@ -53,9 +57,24 @@ def write_samples(
         )
     trajectories = concatenate(parts)
     extra = {"trajectories.pt": trajectories} if keep_trajectories else {}
+    record = sampler_record(settings, adapter)
     return _write_sample_set(
-        trajectories.images, prompts, seeds, settings.images_per_prompt, out_dir, extra
+        trajectories.images, prompts, seeds, settings.images_per_prompt, out_dir, extra, record
     )
+
+
+def sampler_record(settings: SampleSettings, adapter: Path | None) -> dict:
+    """What ``sampler.json`` holds: the sampling policy's settings and the adapter, if any.
+
+    ``log_prob_reduction`` is the reduction of the log-probs kept in ``trajectories.pt``
+    (``sample``'s default), which a later round uses as its reference policy.
+    """
+    return {
+        "sampler": dataclasses.asdict(settings.sampler),
+        "log_prob_reduction": "mean",
+        "model": settings.model.source,
+        "adapter": None if adapter is None else str(adapter),
+    }
 
 
 def _write_sample_set(
@@ -65,6 +84,7 @@ def _write_sample_set(
     k: int,
     out_dir: Path,
     trajectories: dict[str, Trajectories],
+    record: dict,
 ) -> pd.DataFrame:
     """PNGs + manifest, written to a temporary folder and renamed into place when complete."""
     staging = out_dir.with_name(out_dir.name + ".partial")
@@ -87,6 +107,7 @@ def _write_sample_set(
         )
     manifest = pd.DataFrame(rows)
     manifest.to_csv(staging / "manifest.csv", index=False)
+    (staging / "sampler.json").write_text(json.dumps(record, indent=1) + "\n")
     for name, value in trajectories.items():
         save_trajectories(value, staging / name)
     if out_dir.exists():

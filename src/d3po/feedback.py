@@ -6,19 +6,30 @@ step; (2) people compare pairs of images of one prompt and their judgements are 
 JSON Lines file (``d3po.preferences``: one line per judgement, several annotators are
 majority-voted); (3) ``d3po train --samples DIR --judgements FILE`` trains D3PO on exactly
 those pairs, with the recorded steps as actions, for ``training.epochs`` passes.
+
+A proxy-scored round replaces (2) by a proxy's score table of the set (``load_scored``): pairs
+from the score order, within a group only, ties skipped, Pareto for several proxies. Rounds
+repeat: round r's set is sampled by round r-1's final adapter (docs/design.md).
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from d3po.errors import InputFileError
-from d3po.preferences import judgements_to_pairs, read_judgements
+from d3po.config import SamplerSpec
+from d3po.errors import InputFileError, MissingFileError
+from d3po.preferences import judgements_to_pairs, preference_pairs, read_judgements
 from d3po.rewards import read_manifest
 from d3po.sampling import Trajectories, load_trajectories
+from d3po.scores import read_scores
+
+SAMPLER_RECORD = "sampler.json"
 
 
 @dataclass
@@ -33,17 +44,19 @@ class LabelledSamples:
         return self.pairs.tolist()
 
 
-def load_labelled(samples_dir: Path, judgements_path: Path) -> LabelledSamples:
-    """Read a sample set's trajectories and the judgements on its images, as pairs."""
-    manifest = read_manifest(samples_dir)
-    ids = [str(i) for i in manifest["id"]]
-    trajectories = load_trajectories(Path(samples_dir) / "trajectories.pt")
-    if len(trajectories.prompts) != len(ids):
-        raise InputFileError(
-            f"{samples_dir}: manifest.csv lists {len(ids)} images but trajectories.pt holds "
-            f"{len(trajectories.prompts)}; sample the set again with --trajectories"
-        )
-    judgements = read_judgements(Path(judgements_path), known_ids=set(ids))
+def load_labelled(
+    samples_dir: Path,
+    judgements_path: Path,
+    sampler: SamplerSpec | None = None,
+    reduction: str | None = None,
+) -> LabelledSamples:
+    """Read a sample set's trajectories and the judgements on its images, as pairs.
+
+    With ``sampler`` (and ``reduction``), the set must have been sampled by that sampler
+    (:func:`check_sampler`).
+    """
+    ids, trajectories = _judged_set(samples_dir, sampler, reduction)
+    judgements = read_judgements(Path(judgements_path), manifest=read_manifest(samples_dir))
     pairs = torch.as_tensor(judgements_to_pairs(judgements, ids)).long().reshape(-1, 2)
     if len(pairs) == 0:
         raise InputFileError(
@@ -51,6 +64,96 @@ def load_labelled(samples_dir: Path, judgements_path: Path) -> LabelledSamples:
             "nothing to train on"
         )
     return LabelledSamples(trajectories, pairs)
+
+
+def load_scored(
+    samples_dir: Path,
+    score_tables: Sequence[tuple[str, Path]],
+    sampler: SamplerSpec | None = None,
+    reduction: str | None = None,
+) -> LabelledSamples:
+    """A proxy-scored round: pairs of a set from its score tables ``[(proxy, csv), ...]``.
+
+    Within each group (one prompt, one initial noise) image i is preferred to j when its
+    scores Pareto-dominate j's; ties and incomparable pairs are skipped. Every table is
+    checked (d3po.scores.read_scores) against the set's manifest.
+    """
+    if not score_tables:
+        raise InputFileError("a proxy-scored round needs at least one score table")
+    ids, trajectories = _judged_set(samples_dir, sampler, reduction)
+    columns = []
+    for proxy, path in score_tables:
+        table = read_scores(Path(path), proxy, ids).set_index("id")
+        columns.append(table.loc[ids, "value"].to_numpy())
+    pairs = preference_pairs(trajectories.groups.numpy(), np.stack(columns, axis=1))
+    if len(pairs) == 0:
+        raise InputFileError(
+            f"{', '.join(str(path) for _, path in score_tables)}: every pair of images of the "
+            "same prompt ties: nothing to train on"
+        )
+    return LabelledSamples(trajectories, torch.as_tensor(pairs).long())
+
+
+def _judged_set(
+    samples_dir: Path, sampler: SamplerSpec | None, reduction: str | None
+) -> tuple[list[str], Trajectories]:
+    """The set's image ids (manifest order) and trajectories, checked against each other."""
+    manifest = read_manifest(samples_dir)
+    ids = [str(i) for i in manifest["id"]]
+    if sampler is not None:
+        check_sampler(samples_dir, sampler, reduction)
+    trajectories = load_trajectories(Path(samples_dir) / "trajectories.pt")
+    if len(trajectories.prompts) != len(ids):
+        raise InputFileError(
+            f"{samples_dir}: manifest.csv lists {len(ids)} images but trajectories.pt holds "
+            f"{len(trajectories.prompts)}; sample the set again with --trajectories"
+        )
+    return ids, trajectories
+
+
+def check_sampler(samples_dir: Path, sampler: SamplerSpec, reduction: str | None = None) -> None:
+    """Refuse to train on a set sampled by another sampler than the training run's.
+
+    D3PO's log-probabilities of the recorded steps are only those of the sampling policy when
+    the steps, eta and guidance scale are the same. ``reduction``, when given, must match the
+    reduction of the log-probs kept in the set (a later round's reference policy).
+    """
+    path = Path(samples_dir) / SAMPLER_RECORD
+    if not path.is_file():
+        raise MissingFileError(
+            f"{path} is missing: the set does not say which sampler made it; sample it again "
+            "with `d3po sample --trajectories`"
+        )
+    record = json.loads(path.read_text())
+    recorded = record.get("sampler", {})
+    for field in ("num_steps", "eta", "guidance_scale"):
+        if recorded.get(field) != getattr(sampler, field):
+            raise InputFileError(
+                f"{path}: the set was sampled with sampler.{field}={recorded.get(field)} but "
+                f"training uses {getattr(sampler, field)}; train with the sampler that made "
+                "the set, or sample it again"
+            )
+    if reduction is not None and record.get("log_prob_reduction") != reduction:
+        raise InputFileError(
+            f"{path}: the set's log-probs are reduced by {record.get('log_prob_reduction')!r} "
+            f"but training.log_prob_reduction is {reduction!r}; a later round uses them as "
+            "its reference policy, so the two must match"
+        )
+
+
+def judging_progress(
+    samples_dir: Path, judgements_path: Path, annotators_per_prompt: int
+) -> tuple[int, int]:
+    """(prompts still to judge, prompts in the set) for a people's judgements record.
+
+    The labelling app's own count (``labelling.assign.prompts_left``): a prompt is judged once
+    ``annotators_per_prompt`` different annotators decided it (undone decisions and skips do
+    not count). A missing record judges nothing.
+    """
+    from d3po.labelling.assign import prompts_left
+
+    total = read_manifest(samples_dir)["group"].nunique()
+    return prompts_left(samples_dir, judgements_path, annotators_per_prompt), total
 
 
 def simulate_judgements(

@@ -2,9 +2,11 @@
 
 Inputs are the files of docs/design.md: score CSVs ``id, proxy, value`` (one per sample set and
 proxy), sample directories with ``manifest.csv``, training ``metrics.csv``. The evaluation table
-is long: ``experiment, method, seed, epoch, samples_seen, proxy, mean, std, n`` with method
-"base" (epoch 0) for the untrained model. Standard deviations are population std (ddof=0), so
-they are defined for a single image or a single seed.
+is long: ``experiment, method, seed, epoch, samples_seen, proxy, mean, std, n, ci_low, ci_high,
+round`` with method "base" (epoch 0, round 0) for the untrained model; ``round`` is the
+feedback round (1, 2, ...) of a checkpoint of an experiment with rounds, whose epochs and
+samples seen count on across rounds, and empty for online training. Standard deviations are
+population std (ddof=0), so they are defined for a single image or a single seed.
 
 References: the curves mirror Figure 3 of Yang et al., "Using Human Feedback to Fine-tune
 Diffusion Models without Any Reward Model" (D3PO, CVPR 2024, arXiv 2311.13231): held-out proxy
@@ -46,6 +48,7 @@ EVALUATION_COLUMNS = [
     "n",
     "ci_low",
     "ci_high",
+    "round",
 ]
 RUN_KEYS = ("experiment", "method", "seed", "epoch", "samples_seen")
 METRICS_COLUMNS = ("samples_seen", "reward_mean")
@@ -74,7 +77,7 @@ def collect_evaluation(
     """Summarise score CSVs into the long evaluation table (mean, std, n over images).
 
     ``runs[k]`` describes the sample set scored in ``score_csvs[k]``: a dict with keys
-    experiment, method, seed, epoch, samples_seen.
+    experiment, method, seed, epoch, samples_seen, and round for a feedback round.
     """
     if len(score_csvs) != len(runs):
         raise ConfigError(f"got {len(score_csvs)} score files but {len(runs)} run descriptions")
@@ -88,7 +91,8 @@ def collect_evaluation(
             low, high = mean_interval(values.to_numpy())
             summary = {"proxy": proxy, "mean": values.mean(), "std": values.std(ddof=0)}
             interval = {"n": len(values), "ci_low": low, "ci_high": high}
-            rows.append({**{key: run[key] for key in RUN_KEYS}, **summary, **interval})
+            rounds = {"round": run.get("round")}
+            rows.append({**{key: run[key] for key in RUN_KEYS}, **summary, **interval, **rounds})
     table = pd.DataFrame(rows, columns=EVALUATION_COLUMNS)
     _write_atomically(table, Path(out_csv))
     return table
@@ -120,7 +124,11 @@ def read_table(path: Path, columns: Sequence[str]) -> pd.DataFrame:
 
 def _read_evaluations(evaluation_csvs: Sequence[Path] | Path) -> pd.DataFrame:
     paths = [evaluation_csvs] if isinstance(evaluation_csvs, str | Path) else evaluation_csvs
-    return pd.concat([read_table(path, EVALUATION_COLUMNS) for path in paths], ignore_index=True)
+    tables = [read_table(path, EVALUATION_COLUMNS[:-1]) for path in paths]  # all but round
+    table = pd.concat(tables, ignore_index=True)
+    if "round" not in table.columns:  # written before rounds existed: all online
+        table["round"] = np.nan
+    return table
 
 
 # ---------------------------------------------------------------------------------------------
@@ -160,11 +168,28 @@ def _plot_proxy_panel(axis: plt.Axes, table: pd.DataFrame, proxy: str) -> None:
         axis.fill_between(
             per_step.index, per_step["low"], per_step["high"], color=line.get_color(), alpha=0.2
         )
+        _mark_rounds(axis, curve, line.get_color())
     axis.set_title(f"held-out {proxy}")
     axis.set_xlabel("training samples seen (images)")
     axis.set_ylabel(_axis_label(proxy, proxy_unit(proxy), "mean over images"))
     axis.legend(fontsize="small")
     axis.grid(alpha=0.3)
+
+
+def _mark_rounds(axis: plt.Axes, curve: pd.DataFrame, color: str) -> None:
+    """A dotted line and a label where each feedback round after the first begins."""
+    numbered = curve[curve["round"] > 0]  # online runs have none, the base model is round 0
+    ends = numbered.groupby("round")["samples_seen"].max()
+    for number in ends.index[1:]:
+        start = ends[number - 1] if number - 1 in ends.index else 0
+        axis.axvline(start, color=color, linestyle=":", alpha=0.6)
+        axis.annotate(
+            f"round {int(number)}",
+            (start, 1),
+            xycoords=("data", "axes fraction"),
+            fontsize="x-small",
+            va="top",
+        )
 
 
 def _training_rewards(metrics_csvs: dict[str, Path] | None) -> dict[str, pd.DataFrame]:
@@ -303,13 +328,28 @@ def _last_epoch(rows: pd.DataFrame) -> pd.DataFrame:
     return rows[rows["epoch"] == last]
 
 
+def _by_round(runs: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """(label, rows) per method, and per round for feedback rounds ("d3po round 2")."""
+    groups = []
+    for method, method_runs in runs.groupby("method", sort=True):
+        rounds = method_runs["round"].dropna()
+        if rounds.empty:
+            groups.append((method, method_runs))
+            continue
+        for number in sorted(rounds.unique()):
+            groups.append(
+                (f"{method} round {int(number)}", method_runs[method_runs["round"] == number])
+            )
+    return groups
+
+
 def _summary_rows(table: pd.DataFrame, objectives: dict[str, str]) -> list[dict[str, Any]]:
     rows = []
     for experiment, runs in table.groupby("experiment", sort=True):
         start = _over_seeds(runs[runs["method"] == BASE])
         objective = objectives.get(experiment, experiment)
         proxies = sorted(runs["proxy"].unique(), key=lambda proxy: (proxy != objective, proxy))
-        for method, method_runs in runs[runs["method"] != BASE].groupby("method", sort=True):
+        for method, method_runs in _by_round(runs[runs["method"] != BASE]):
             end = _over_seeds(_last_epoch(method_runs))
             for proxy in proxies:
                 rows.append(

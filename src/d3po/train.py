@@ -50,7 +50,10 @@ class Trainer:
         settings: TrainSettings,
         accelerator: Accelerator | None = None,
         labelled: LabelledSamples | None = None,
+        init_adapter: Path | None = None,
     ) -> None:
+        """``init_adapter``: a LoRA checkpoint the adapter starts from (a feedback round after
+        the first starts from the previous round's final adapter)."""
         if labelled is not None and settings.method != "d3po":
             raise ConfigError(
                 f"method: human judgements train D3PO only; {settings.method} needs scalar rewards"
@@ -64,6 +67,9 @@ class Trainer:
             self.pipe.unet.enable_gradient_checkpointing()
         torch.manual_seed(settings.seed)  # the LoRA initialisation, identical on every rank
         self.parameters = add_lora(self.pipe.unet, settings.lora)
+        self.init_adapter = init_adapter
+        if init_adapter is not None:
+            load_lora_state(self.pipe.unet, init_adapter)
         optimizer = torch.optim.AdamW(
             self.parameters,
             lr=self.training.learning_rate,
@@ -148,7 +154,13 @@ class Trainer:
             )
 
     def judged_samples(self) -> Trajectories:
-        """The labelled set on this device, with its reference log-probs (computed once)."""
+        """The labelled set on this device, with its reference log-probs (computed once).
+
+        The reference policy is the base model (adapter off) when the adapter starts at zero;
+        a round that starts from an earlier round's adapter takes the log-probs recorded when
+        that adapter sampled the set (the policy the judged images came from), which stay
+        fixed however far the run goes, across resumes too.
+        """
         trajectories = self.labelled.trajectories
         if trajectories.num_steps != self.settings.sampler.num_steps:
             raise ConfigError(
@@ -163,7 +175,11 @@ class Trainer:
                 prompt_embeds=trajectories.prompt_embeds.to(device),
                 negative_embeds=trajectories.negative_embeds.to(device),
             )
-            trajectories.reference_log_probs = self.reference_log_probs(trajectories)
+            trajectories.reference_log_probs = (
+                self.reference_log_probs(trajectories)
+                if self.init_adapter is None
+                else trajectories.log_probs.to(device)
+            )
             self.labelled.trajectories = trajectories
         return trajectories
 
@@ -262,6 +278,8 @@ class Trainer:
         del fields["training"]["epochs"]
         if self.labelled is not None:
             fields["judged_pairs"] = self.labelled.fingerprint()
+        if self.init_adapter is not None:
+            fields["init_adapter"] = str(self.init_adapter)
         return json.dumps(fields, sort_keys=True, default=str)
 
     def load_state_dict(self, state: dict) -> None:
@@ -328,15 +346,17 @@ def train(
     run_dir: Path,
     state_dir: Path,
     labelled: LabelledSamples | None = None,
+    init_adapter: Path | None = None,
 ) -> Trainer:
     """Train to the last epoch, resuming from ``state_dir`` when it holds a saved state.
 
-    Online (sample and judge by proxy every epoch), or on a judged sample set (``labelled``).
+    Online (sample and judge by proxy every epoch), or on a judged sample set (``labelled``),
+    optionally starting from an earlier round's adapter (``init_adapter``).
 
     With several processes every one resumes, trains and reaches each save together; the main
     process writes the files while the others wait at the barrier (no collective inside).
     """
-    trainer = Trainer(settings, labelled=labelled)
+    trainer = Trainer(settings, labelled=labelled, init_adapter=init_adapter)
     accelerator = trainer.accelerator
     resume(trainer, state_dir)
     epochs = settings.training.epochs

@@ -3,6 +3,9 @@
 Config flows one way: config/*.yaml -> ../schemas/config.schema.yaml (fills the defaults) ->
 the checks below (fail before any job, naming the field) -> one JSON settings document per job
 (docs/design.md) -> `d3po <step> --settings ...`.
+
+The checks run once the users' proxy rules are included (proxy_rules.smk calls check_config),
+since the names of rule-based proxies come from those rules.
 """
 
 import json
@@ -128,21 +131,6 @@ def check_config(config):
                 f"{', '.join(lists) or 'none'}"
             )
 
-    registered = REGISTERED_PROXIES
-    known = (
-        None
-        if registered is None
-        else sorted(set(registered) | set(config["external_proxies"]))
-    )
-
-    def check_proxies(field, names):
-        unknown = [] if known is None else [name for name in names if name not in known]
-        if unknown:
-            raise WorkflowError(
-                f"{field}: unknown proxy {', '.join(map(repr, unknown))}; known proxies: "
-                f"{', '.join(known)} (add your own in config 'external_proxies')"
-            )
-
     check_prompt_list("evaluation.prompts", config["evaluation"]["prompts"])
     check_proxies("evaluation.proxies", config["evaluation"]["proxies"])
     check_proxies("proxies", config["proxies"])
@@ -152,6 +140,8 @@ def check_config(config):
         check_proxies(f"experiments.{name}.objectives", experiment["objectives"])
         if experiment.get("judgements"):
             check_judged_experiment(name, experiment)
+        else:
+            check_online_objectives(name, experiment)
         if "ddpo" in experiment["methods"] and len(experiment["objectives"]) != 1:
             raise WorkflowError(
                 f"experiments.{name}.objectives: DDPO needs exactly one objective (a scalar "
@@ -197,6 +187,40 @@ def check_model(files=True):
         raise WorkflowError(str(error)) from None
 
 
+def known_proxies():
+    """Registered and rule-based proxy names, or None when d3po cannot be imported here."""
+    if REGISTERED_PROXIES is None:
+        return None
+    return sorted(set(REGISTERED_PROXIES) | set(RULE_PROXIES))
+
+
+def check_proxies(field, names):
+    known = known_proxies()
+    unknown = [] if known is None else [name for name in names if name not in known]
+    if unknown:
+        raise WorkflowError(
+            f"{field}: unknown proxy {', '.join(map(repr, unknown))}; known proxies: "
+            f"{', '.join(known)} (add your own as a function or as a rule listed in config "
+            "'proxy_rules': README, 'Add a proxy')"
+        )
+
+
+def check_online_objectives(name, experiment):
+    """Online training scores every epoch's samples in the loop: rule-based proxies cannot."""
+    by_rule = [proxy for proxy in experiment["objectives"] if proxy in RULE_PROXIES]
+    if by_rule:
+        proxy = by_rule[0]
+        raise WorkflowError(
+            f"experiments.{name}.objectives: '{proxy}' is a rule-based proxy "
+            f"({RULE_PROXIES[proxy]}), which the online training loop cannot call every "
+            f"epoch; train on it in proxy-scored rounds instead: "
+            f"judgements: {{prompts: ..., proxy: {proxy}, rounds: N}}"
+        )
+
+
+FEEDBACK_SOURCES = ("file", "simulate", "proxy")
+
+
 # The model's files are checked when a run starts, before its first job (and before Snakemake
 # removes the old outputs of any job); a dry run only plans, so it also works on a machine
 # that does not hold the weights, e.g. to plan config/paper.yaml.
@@ -205,7 +229,7 @@ onstart:
 
 
 def check_judged_experiment(name, experiment):
-    """A human-feedback round trains D3PO on one judged set: say what is missing."""
+    """Feedback rounds train D3PO on judged sets: say what is missing or contradictory."""
     field = f"experiments.{name}"
     judgements = experiment["judgements"]
     if experiment["methods"] != ["d3po"]:
@@ -217,15 +241,25 @@ def check_judged_experiment(name, experiment):
         raise WorkflowError(
             f"{field}.judgements.prompts: unknown prompt list '{judgements['prompts']}'"
         )
-    if bool(judgements["file"]) == bool(judgements["simulate"]):
+    sources = [source for source in FEEDBACK_SOURCES if judgements.get(source)]
+    if len(sources) != 1:
         raise WorkflowError(
-            f"{field}.judgements: set exactly one of 'file' (people's JSON Lines) and "
-            "'simulate' (the toy world's annotator)"
+            f"{field}.judgements: set exactly one of 'file' (people's JSON Lines), "
+            "'simulate' (the toy world's annotator) and 'proxy' (a proxy's score order); "
+            f"got {', '.join(sources) or 'none'}"
         )
-    if judgements["file"] and not Path(judgements["file"]).is_file():
+    rounds = judgements["rounds"]
+    if judgements["file"] and rounds > 1 and "{round}" not in judgements["file"]:
         raise WorkflowError(
-            f"{field}.judgements.file: '{judgements['file']}' does not exist; sample the set "
-            f"to judge with `snakemake {RESULTS}/feedback/{name}/samples` first"
+            f"{field}.judgements.file: with rounds: {rounds} each round needs its own file; "
+            f"write the round number as {{round}}, e.g. labels/{name}_round{{round}}.jsonl"
+        )
+    if judgements["proxy"]:
+        check_proxies(f"{field}.judgements.proxy", round_proxies(name))
+    if rounds > 1 and len(experiment["seeds"]) != 1:
+        raise WorkflowError(
+            f"{field}.seeds: round 2 samples from round 1's adapter, one per seed; "
+            f"with rounds: {rounds} train one seed (seeds: [{experiment['seeds'][0]}])"
         )
 
 
@@ -242,7 +276,47 @@ def check_toy_prompts():
 
 
 REGISTERED_PROXIES = registered_proxy_names()
-check_config(config)
+# {name: rule file} of the users' rule-based proxies, filled by proxy_rules.smk
+RULE_PROXIES = {}
+
+
+# ------------------------------------------------------------------------- users' proxy rules
+
+# (the wildcard carries the global sample_set constraint once the rule is defined)
+SCORE_OUTPUT = re.compile(
+    re.escape(f"{RESULTS}/scores/") + r"\{sample_set(?:,.*)?\}/(\w+)\.csv"
+)
+
+
+def proxy_rule_file(path):
+    """The absolute path of a listed rule file (an include would resolve it from here)."""
+    if not Path(path).is_file():
+        raise WorkflowError(
+            f"proxy_rules: '{path}' does not exist (paths are relative to the working "
+            f"directory, {Path.cwd()})"
+        )
+    return str(Path(path).resolve())
+
+
+def register_rule_proxies(path, rules):
+    """Record the proxy each of ``rules`` (included from ``path``) writes a score table for."""
+    names = [
+        match[1]
+        for rule in rules
+        for output in rule.output
+        if (match := SCORE_OUTPUT.fullmatch(str(output)))
+    ]
+    if not names:
+        raise WorkflowError(
+            f"proxy_rules: '{path}' has no rule writing {RESULTS}/scores/{{sample_set}}/NAME.csv"
+        )
+    for name in names:
+        if name in (REGISTERED_PROXIES or ()) or name in RULE_PROXIES:
+            raise WorkflowError(
+                f"proxy_rules: '{path}' writes scores of '{name}', a proxy that "
+                f"{RULE_PROXIES.get(name, 'd3po.rewards')} already provides; rename it"
+            )
+        RULE_PROXIES[name] = path
 
 
 # ------------------------------------------------------------------------- settings documents
@@ -254,10 +328,15 @@ def experiment_training(experiment):
 
 
 def checkpoint_epochs(experiment):
-    """Epochs with a saved adapter: every checkpoint_every epochs, plus the last (never 0)."""
+    """Epochs with a saved adapter: every checkpoint_every epochs, plus the last (never 0).
+
+    Feedback rounds count on: round r's local epoch e is epoch (r - 1) * epochs + e.
+    """
     training = experiment_training(experiment)
     epochs, every = training["epochs"], training["checkpoint_every"]
-    return sorted(set(range(every, epochs + 1, every)) | {epochs})
+    local = sorted(set(range(every, epochs + 1, every)) | {epochs})
+    rounds = feedback_rounds(experiment) or 1
+    return [(r - 1) * epochs + e for r in range(1, rounds + 1) for e in local]
 
 
 def model_settings():
@@ -293,34 +372,6 @@ def sample_settings(wildcards=None):
     }
 
 
-def judging_sample_settings(wildcards):
-    """`d3po sample --settings` for the set a judged experiment's people compare."""
-    judgements = config["experiments"][wildcards.experiment]["judgements"]
-    return model_settings() | {
-        "prompts": config["prompts"][judgements["prompts"]],
-        "images_per_prompt": judgements["images_per_prompt"],
-        "seed": judgements["seed"],
-    }
-
-
-def judged_inputs(wildcards):
-    """Extra inputs of a judged experiment's training: the set and its judgements."""
-    judgements = config["experiments"][wildcards.experiment].get("judgements")
-    if not judgements:
-        return {}
-    folder = f"{RESULTS}/feedback/{wildcards.experiment}"
-    return {
-        "samples": f"{folder}/samples",
-        "judgements": judgements["file"] or f"{folder}/simulated.jsonl",
-    }
-
-
-def judged_arguments(wildcards, input):
-    if "judgements" not in input.keys():
-        return ""
-    return f"--samples {input.samples} --judgements {input.judgements}"
-
-
 def as_json(function):
     """A params function that renders ``function(wildcards)`` as one-line JSON."""
     return lambda wildcards: json.dumps(function(wildcards), separators=(",", ":"))
@@ -350,7 +401,10 @@ def score_csvs(sample_set):
 
 
 def evaluation_runs(experiment):
-    """`d3po collect --runs`: the base model and every checkpoint of every method and seed."""
+    """`d3po collect --runs`: the base model and every checkpoint of every method and seed.
+
+    A checkpoint of a feedback round carries its round number (the base model round 0).
+    """
     training = experiment_training(experiment)
     images_per_epoch = training["prompts_per_epoch"] * training["images_per_prompt"]
     judgements = config["experiments"][experiment].get("judgements")
@@ -365,23 +419,27 @@ def evaluation_runs(experiment):
             "epoch": 0,
             "samples_seen": 0,
             "scores": score_csvs("base"),
+            "samples": f"{RESULTS}/samples/base",
         }
+        | ({"round": 0} if judgements else {})
     ]
     settings = config["experiments"][experiment]
     for method in settings["methods"]:
         for seed in settings["seeds"]:
             for epoch in checkpoint_epochs(experiment):
                 sample_set = f"{experiment}/{method}/seed{seed}/epoch{epoch}"
-                runs.append(
-                    {
-                        "experiment": experiment,
-                        "method": method,
-                        "seed": seed,
-                        "epoch": epoch,
-                        "samples_seen": epoch * images_per_epoch,
-                        "scores": score_csvs(sample_set),
-                    }
-                )
+                run = {
+                    "experiment": experiment,
+                    "method": method,
+                    "seed": seed,
+                    "epoch": epoch,
+                    "samples_seen": epoch * images_per_epoch,
+                    "scores": score_csvs(sample_set),
+                    "samples": f"{RESULTS}/samples/{sample_set}",
+                }
+                if judgements:
+                    run["round"] = round_of_epoch(experiment, epoch)[0]
+                runs.append(run)
     return runs
 
 
@@ -403,8 +461,11 @@ def final_samples(wildcards):
 
 
 def training_metrics(wildcards):
-    """Training metrics of the first seed, one table per method."""
+    """Training metrics of the first seed, one table per method (none for feedback rounds,
+    whose epochs have no training reward to plot)."""
     settings = config["experiments"][wildcards.experiment]
+    if settings.get("judgements"):
+        return {}
     seed = settings["seeds"][0]
     return {
         method: f"{run_dir(wildcards.experiment, method, seed)}/metrics.csv"
@@ -454,6 +515,166 @@ def job_resources(kind, name):
     return lookup(dpath=f"resources/{kind}/{name}", within=config)
 
 
+# ------------------------------------------------------------------------- feedback rounds
+
+
+def feedback_rounds(experiment):
+    """Number of feedback rounds of an experiment with judgements, else 0 (online)."""
+    judgements = config["experiments"][experiment].get("judgements")
+    return judgements["rounds"] if judgements else 0
+
+
+def round_proxies(experiment):
+    """The proxies whose score order judges a proxy-scored round (one name or a list)."""
+    proxy = config["experiments"][experiment]["judgements"]["proxy"]
+    return [proxy] if isinstance(proxy, str) else list(proxy)
+
+
+def round_set(experiment, number):
+    """Round ``number``'s set to judge: a sample set with trajectories, scored like any."""
+    return f"{RESULTS}/samples/feedback/{experiment}/round{number}"
+
+
+def round_run_dir(experiment, method, seed, number):
+    return f"{RESULTS}/train/{experiment}/{method}/seed{seed}/round{number}"
+
+
+def round_of_epoch(experiment, epoch):
+    """(round, epoch within the round) of a checkpoint numbered across rounds."""
+    epochs = experiment_training(experiment)["epochs"]
+    return (int(epoch) - 1) // epochs + 1, (int(epoch) - 1) % epochs + 1
+
+
+def checkpoint_source(wildcards):
+    """The checkpoints folder holding epoch ``wildcards.epoch`` of a run."""
+    experiment, method, seed = wildcards.experiment, wildcards.method, wildcards.seed
+    if not feedback_rounds(experiment):
+        return f"{run_dir(experiment, method, seed)}/checkpoints"
+    number, _ = round_of_epoch(experiment, wildcards.epoch)
+    return f"{round_run_dir(experiment, method, seed, number)}/checkpoints"
+
+
+def checkpoint_adapter(wildcards, input):
+    """`d3po sample --adapter`: the checkpoint of ``wildcards.epoch`` (numbered in its round)."""
+    epoch = int(wildcards.epoch)
+    if feedback_rounds(wildcards.experiment):
+        epoch = round_of_epoch(wildcards.experiment, epoch)[1]
+    return f"{input.checkpoints}/epoch_{epoch:04d}"
+
+
+def final_adapter(experiment, seed, number):
+    """The last checkpoint of round ``number`` (what round ``number`` + 1 starts from)."""
+    epochs = experiment_training(experiment)["epochs"]
+    return f"{round_run_dir(experiment, 'd3po', seed, number)}/checkpoints/epoch_{epochs:04d}"
+
+
+def round_start(wildcards):
+    """Inputs of round r's sampling and training: round r-1's checkpoints (none for r = 1)."""
+    number = int(wildcards.round)
+    if number == 1:
+        return {}
+    seed = wildcards.get(
+        "seed", config["experiments"][wildcards.experiment]["seeds"][0]
+    )
+    folder = round_run_dir(wildcards.experiment, "d3po", seed, number - 1)
+    return {"previous": f"{folder}/checkpoints"}
+
+
+def round_start_argument(option):
+    """A params function: ``option ADAPTER`` for rounds after the first, else nothing."""
+
+    def argument(wildcards, input):
+        if "previous" not in input.keys():
+            return ""
+        epochs = experiment_training(wildcards.experiment)["epochs"]
+        return f"{option} {input.previous}/epoch_{epochs:04d}"
+
+    return argument
+
+
+def judging_sample_settings(wildcards):
+    """`d3po sample --settings` for round r's set: new initial noises every round."""
+    judgements = config["experiments"][wildcards.experiment]["judgements"]
+    return model_settings() | {
+        "prompts": config["prompts"][judgements["prompts"]],
+        "images_per_prompt": judgements["images_per_prompt"],
+        "seed": judgements["seed"] + int(wildcards.round) - 1,
+    }
+
+
+def label_command(experiment, number):
+    """The `d3po label` command people run to judge round ``number``'s set."""
+    judgements = config["experiments"][experiment]["judgements"]
+    return (
+        f"d3po label {round_set(experiment, number)} --judgements "
+        f"{people_judgements_file(experiment, number)} --protocol {judgements['protocol']} "
+        f"--annotators-per-prompt {judgements['annotators_per_prompt']}"
+    )
+
+
+def people_judgements_file(experiment, number):
+    return config["experiments"][experiment]["judgements"]["file"].replace(
+        "{round}", str(number)
+    )
+
+
+def complete_people_judgements(experiment, number):
+    """Round ``number``'s people's judgements file, once every prompt is judged.
+
+    Until then the workflow stops here, before training, with the command that judges the
+    set and how many prompts are left (sampling the set itself needs no judgement).
+    """
+    path = people_judgements_file(experiment, number)
+    samples = round_set(experiment, number)
+    command = label_command(experiment, number)
+    if not Path(samples, "manifest.csv").is_file():
+        raise WorkflowError(
+            f"experiments.{experiment}: round {number} is not judged yet: sample its set with "
+            f"`snakemake {samples}`, then judge it with `{command}`"
+        )
+    from d3po.feedback import judging_progress
+
+    needed = config["experiments"][experiment]["judgements"]["annotators_per_prompt"]
+    remaining, total = judging_progress(samples, path, needed)
+    if remaining:
+        raise WorkflowError(
+            f"{path}: {remaining} of {total} prompts of round {number} of {experiment} still "
+            f"need judging ({needed} annotator(s) each): run `{command}`, then snakemake again"
+        )
+    return path
+
+
+def round_feedback(wildcards):
+    """Inputs of round r's training: its set and the judgements or the proxy scores on it."""
+    experiment, number = wildcards.experiment, int(wildcards.round)
+    judgements = config["experiments"][experiment]["judgements"]
+    inputs = {"samples": round_set(experiment, number)}
+    if judgements["file"]:
+        inputs["judgements"] = complete_people_judgements(experiment, number)
+    elif judgements["simulate"]:
+        inputs["judgements"] = (
+            f"{RESULTS}/feedback/{experiment}/round{number}/simulated.jsonl"
+        )
+    else:
+        sample_set = f"feedback/{experiment}/round{number}"
+        for proxy in round_proxies(experiment):
+            inputs[f"score_{proxy}"] = f"{RESULTS}/scores/{sample_set}/{proxy}.csv"
+    return inputs | round_start(wildcards)
+
+
+def feedback_arguments(wildcards, input):
+    """`d3po train` arguments of a round: the set, its judgements or scores, the start."""
+    arguments = [f"--samples {input.samples}"]
+    if "judgements" in input.keys():
+        arguments.append(f"--judgements {input.judgements}")
+    else:
+        proxies = round_proxies(wildcards.experiment)
+        arguments.append("--scores")
+        arguments.extend(f"{proxy}={input[f'score_{proxy}']}" for proxy in proxies)
+    arguments.append(round_start_argument("--init-adapter")(wildcards, input))
+    return " ".join(arguments)
+
+
 # ------------------------------------------------------------------------- wildcards
 
 
@@ -466,9 +687,8 @@ wildcard_constraints:
     method=alternatives(METHODS),
     seed=r"\d+",
     epoch=r"[1-9]\d*",
-    # `d3po score` scores the registered proxies; external ones come from the user's rules.
-    proxy=alternatives(
-        REGISTERED_PROXIES
-        or set(config["evaluation"]["proxies"]) - set(config["external_proxies"])
-    ),
-    sample_set=r"base|[^/]+/[^/]+/seed\d+/epoch\d+",
+    round=r"[1-9]\d*",
+    # `d3po score` scores the registered proxies; rule-based ones come from the users' rules.
+    proxy=alternatives(REGISTERED_PROXIES or config["evaluation"]["proxies"]),
+    # the base model, a checkpoint, or a feedback round's set to judge
+    sample_set=r"base|[^/]+/[^/]+/seed\d+/epoch\d+|feedback/[^/]+/round\d+",

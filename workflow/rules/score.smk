@@ -1,20 +1,8 @@
 # Scoring: one table (id, proxy, value) per sample set and proxy.
 #
-# `score_samples` handles every proxy registered in d3po.rewards. To score with a proxy of your
-# own without touching the package, list its name in config `external_proxies` and add a rule
-# that writes the same table for it, for example:
-#
-# rule score_my_judge:
-#     input:
-#         samples=f"{RESULTS}/samples/{{sample_set}}",
-#     output:
-#         csv=f"{RESULTS}/scores/{{sample_set}}/my_judge.csv",
-#     log:
-#         f"{RESULTS}/logs/score_my_judge/{{sample_set}}.log",
-#     conda:
-#         "../envs/d3po.yaml"
-#     shell:
-#         "python my_judge.py {input.samples}/manifest.csv {output.csv} > {log} 2>&1"
+# `score_samples` handles every proxy registered in d3po.rewards. A proxy of your own that
+# needs its own environment is a rule in a file of your own listed in config `proxy_rules`
+# (workflow/rules/proxy_rules.smk; workflow/proxies/clip_score.smk is an example).
 
 
 rule score_samples:

@@ -5,8 +5,6 @@
 
 
 rule train:
-    input:
-        unpack(judged_inputs),
     output:
         metrics=f"{RESULTS}/train/{{experiment}}/{{method}}/seed{{seed}}/metrics.csv",
         checkpoints=directory(
@@ -29,8 +27,7 @@ rule train:
             wildcards.experiment, wildcards.method, wildcards.seed
         ),
         launcher=lambda wildcards, resources: training_launcher(resources.gpu),
-        judged=judged_arguments,
         state_dir=lambda wildcards: f"{RESULTS}/state/{wildcards.experiment}/{wildcards.method}/seed{wildcards.seed}",
     shell:
         "{params.launcher} train --settings {params.settings:q} --run-dir {params.run_dir:q}"
-        " --state-dir {params.state_dir:q} {params.judged} > {log:q} 2>&1"
+        " --state-dir {params.state_dir:q} > {log:q} 2>&1"

@@ -1,0 +1,84 @@
+# Feedback rounds (experiments with `judgements:`): round r samples a set to judge (with every
+# step kept) from round r-1's final adapter (round 1: the base model), gets judgements on it
+# (people's file, the toy world's simulated annotator, or a proxy's scores), and trains D3PO
+# on those pairs starting from round r-1's adapter. Checkpoints are numbered across rounds.
+
+
+localrules:
+    simulate_judgements,
+
+
+rule sample_round:
+    input:
+        unpack(round_start),
+    output:
+        dir=directory(f"{RESULTS}/samples/feedback/{{experiment}}/round{{round}}"),
+    log:
+        f"{RESULTS}/logs/sample_round/{{experiment}}/round{{round}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/sample_round/{{experiment}}/round{{round}}.tsv"
+    conda:
+        "../envs/d3po.yaml"
+    resources:
+        gpu=job_resources("sample", "gpu"),
+        runtime=job_resources("sample", "runtime"),
+        mem_mb=job_resources("sample", "mem_mb"),
+        cpus_per_task=job_resources("sample", "cpus_per_task"),
+    params:
+        settings=as_json(judging_sample_settings),
+        adapter=round_start_argument("--adapter"),
+    shell:
+        "d3po sample --settings {params.settings:q} --out {output.dir} --trajectories"
+        " {params.adapter} > {log:q} 2>&1"
+
+
+rule simulate_judgements:
+    input:
+        samples=f"{RESULTS}/samples/feedback/{{experiment}}/round{{round}}",
+    output:
+        f"{RESULTS}/feedback/{{experiment}}/round{{round}}/simulated.jsonl",
+    log:
+        f"{RESULTS}/logs/simulate_judgements/{{experiment}}/round{{round}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/simulate_judgements/{{experiment}}/round{{round}}.tsv"
+    conda:
+        "../envs/d3po.yaml"
+    params:
+        criterion=lambda wildcards: config["experiments"][wildcards.experiment][
+            "judgements"
+        ]["simulate"],
+    shell:
+        "d3po annotate --samples {input.samples} --criterion {params.criterion}"
+        " --out {output} > {log:q} 2>&1"
+
+
+rule train_round:
+    input:
+        unpack(round_feedback),
+    output:
+        metrics=f"{RESULTS}/train/{{experiment}}/{{method}}/seed{{seed}}/round{{round}}/metrics.csv",
+        checkpoints=directory(
+            f"{RESULTS}/train/{{experiment}}/{{method}}/seed{{seed}}/round{{round}}/checkpoints"
+        ),
+    log:
+        f"{RESULTS}/logs/train_round/{{experiment}}/{{method}}/seed{{seed}}/round{{round}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train_round/{{experiment}}/{{method}}/seed{{seed}}/round{{round}}.tsv"
+    conda:
+        "../envs/d3po.yaml"
+    resources:
+        gpu=job_resources("train", "gpu"),
+        runtime=job_resources("train", "runtime"),
+        mem_mb=job_resources("train", "mem_mb"),
+        cpus_per_task=job_resources("train", "cpus_per_task"),
+    params:
+        settings=as_json(train_settings),
+        run_dir=lambda wildcards: round_run_dir(
+            wildcards.experiment, wildcards.method, wildcards.seed, wildcards.round
+        ),
+        launcher=lambda wildcards, resources: training_launcher(resources.gpu),
+        feedback=feedback_arguments,
+        state_dir=lambda wildcards: f"{RESULTS}/state/{wildcards.experiment}/{wildcards.method}/seed{wildcards.seed}/round{wildcards.round}",
+    shell:
+        "{params.launcher} train --settings {params.settings:q} --run-dir {params.run_dir:q}"
+        " --state-dir {params.state_dir:q} {params.feedback} > {log:q} 2>&1"
