@@ -144,11 +144,13 @@ def _one_seed_table(experiment: str = "compressibility") -> pd.DataFrame:
     """Base and one D3PO seed at two checkpoints, on the JPEG proxy (kB) and a toy rate."""
     rows = []
     for proxy, base in (("jpeg_compressibility", -0.8), ("toy_safe", 0.8)):
-        rows.append((experiment, "base", 0, 0, 0, proxy, base, 0.1, 72, base - 0.02, base + 0.02))
+        rows.append(
+            (experiment, "base", 0, 0, 0, proxy, base, 0.1, 72, base - 0.02, base + 0.02, None)
+        )
         for epoch in (4, 8):
             value = base + 0.01 * epoch
             run = (experiment, "d3po", 0, epoch, 32 * epoch)
-            rows.append((*run, proxy, value, 0.1, 72, value - 0.03, value + 0.05))
+            rows.append((*run, proxy, value, 0.1, 72, value - 0.03, value + 0.05, None))
     return pd.DataFrame(rows, columns=plots.EVALUATION_COLUMNS)
 
 
