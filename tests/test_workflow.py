@@ -193,7 +193,7 @@ BAD_CONFIGS = {
     unknown_prompt_list: ["experiments.compressibility.prompts", "animals", "shapes"],
     missing_model_folder: ["model.source", "./models/not-downloaded"],
     prompt_outside_the_toy_world: ["prompts.shapes", "magenta", "known colours"],
-    judged_ddpo: ["experiments.safety_judged.methods", "D3PO only"],
+    judged_ddpo: ["experiments.safety_judged.methods", "ddpo does not train on human judgements"],
     judgements_file_missing: ["judgements.file", "labels/round1.jsonl", "feedback/safety_judged"],
 }
 

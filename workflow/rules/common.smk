@@ -14,7 +14,6 @@ from snakemake.utils import validate
 
 validate(config, "../schemas/config.schema.yaml")
 
-METHODS = ("d3po", "ddpo")
 RESULTS = config["results_dir"]
 
 
@@ -32,6 +31,13 @@ def registered_proxy_names():
         )
         return None
     return list(proxy_names())
+
+
+def registered_methods():
+    """{name: method class} of the d3po.methods package: the one list of methods."""
+    from d3po.methods import method_classes
+
+    return method_classes()
 
 
 def check_config(config):
@@ -60,20 +66,16 @@ def check_config(config):
                 f"{', '.join(known)} (add your own in config 'external_proxies')"
             )
 
+    check_method_options()
     check_prompt_list("evaluation.prompts", config["evaluation"]["prompts"])
     check_proxies("evaluation.proxies", config["evaluation"]["proxies"])
     check_proxies("proxies", config["proxies"])
     for name, experiment in config["experiments"].items():
         check_prompt_list(f"experiments.{name}.prompts", experiment["prompts"])
         check_proxies(f"experiments.{name}.objectives", experiment["objectives"])
+        check_methods(name, experiment)
         if experiment.get("judgements"):
             check_judged_experiment(name, experiment)
-        if "ddpo" in experiment["methods"] and len(experiment["objectives"]) != 1:
-            raise WorkflowError(
-                f"experiments.{name}.objectives: DDPO needs exactly one objective (a scalar "
-                f"reward), got {len(experiment['objectives'])}; drop ddpo from "
-                f"experiments.{name}.methods or keep one objective"
-            )
     if config["model"]["source"] == "toy":
         check_toy_prompts()
     from d3po.models import ModelNotFoundError, check_source
@@ -84,15 +86,51 @@ def check_config(config):
         raise WorkflowError(str(error)) from None
 
 
+def check_method_options():
+    """Each block of config 'methods' names a method and holds only its declared options."""
+    from d3po.methods import parse_options
+
+    for name, options in config["methods"].items():
+        check_method_name("methods", name)
+        try:
+            parse_options(name, options, f"methods.{name}")
+        except ValueError as error:
+            raise WorkflowError(str(error)) from None
+
+
+def check_method_name(field, name):
+    if name not in METHOD_CLASSES:
+        raise WorkflowError(
+            f"{field}: unknown method '{name}'; known methods: {', '.join(METHOD_CLASSES)}"
+        )
+
+
+def check_methods(name, experiment):
+    """Each method of an experiment is known and can run on its feedback."""
+    field = f"experiments.{name}"
+    judged = bool(experiment.get("judgements"))
+    for method in experiment["methods"]:
+        check_method_name(f"{field}.methods", method)
+        declared = METHOD_CLASSES[method]
+        if judged and not declared.accepts_judgements:
+            accepting = [n for n, c in METHOD_CLASSES.items() if c.accepts_judgements]
+            raise WorkflowError(
+                f"{field}.methods: {method} does not train on human judgements (it needs a "
+                f"{declared.signal} from a proxy); a judged experiment takes "
+                f"{', '.join(accepting)}"
+            )
+        if declared.signal == "reward" and len(experiment["objectives"]) != 1:
+            raise WorkflowError(
+                f"{field}.objectives: {method} needs exactly one objective (a scalar "
+                f"reward), got {len(experiment['objectives'])}; drop {method} from "
+                f"{field}.methods or keep one objective"
+            )
+
+
 def check_judged_experiment(name, experiment):
-    """A human-feedback round trains D3PO on one judged set: say what is missing."""
+    """A human-feedback round trains on one judged set: say what is missing."""
     field = f"experiments.{name}"
     judgements = experiment["judgements"]
-    if experiment["methods"] != ["d3po"]:
-        raise WorkflowError(
-            f"{field}.methods: a judged experiment trains D3PO only (DDPO needs scalar "
-            f"rewards); set methods: [d3po]"
-        )
     if judgements["prompts"] not in config["prompts"]:
         raise WorkflowError(
             f"{field}.judgements.prompts: unknown prompt list '{judgements['prompts']}'"
@@ -122,6 +160,7 @@ def check_toy_prompts():
 
 
 REGISTERED_PROXIES = registered_proxy_names()
+METHOD_CLASSES = registered_methods()
 check_config(config)
 
 
@@ -158,8 +197,7 @@ def train_settings(wildcards):
             if name in config["proxies"]
         },
         "training": experiment_training(wildcards.experiment),
-        "d3po": config["d3po"],
-        "ddpo": config["ddpo"],
+        "method_options": config["methods"].get(wildcards.method, {}),
     }
 
 
@@ -343,7 +381,7 @@ def alternatives(names):
 
 wildcard_constraints:
     experiment=alternatives(config["experiments"]),
-    method=alternatives(METHODS),
+    method=alternatives(METHOD_CLASSES),
     seed=r"\d+",
     epoch=r"[1-9]\d*",
     # `d3po score` scores the registered proxies; external ones come from the user's rules.

@@ -1,0 +1,84 @@
+"""Training methods as plug-ins: one module per method, found here.
+
+Every module of this package (and of any ``d3po/methods/`` folder on ``sys.path``, so that a
+method can live outside the checkout) that defines a subclass of :class:`Method` is a method,
+named by its class attribute ``name``. This is the one registry: the training loop
+(:func:`make_method`), the settings check (:func:`method_class`, :func:`parse_options`) and
+the workflow's config check and wildcards (:func:`method_classes`) all read it.
+
+Adding a method is one file: see docs/design.md ("Methods") and README.md.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import pkgutil
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from d3po.methods.base import Feedback, Items, Method, Policy
+
+if TYPE_CHECKING:
+    from d3po.config import TrainSettings
+
+# d3po/methods/ folders elsewhere on sys.path join the package (pkgutil.extend_path does this
+# for top-level packages only): a method can live outside the checkout, one file on PYTHONPATH.
+__path__ += [
+    str(folder)
+    for entry in sys.path
+    if (folder := Path(entry or ".") / "d3po" / "methods").is_dir()
+    and not any(folder.samefile(known) for known in __path__)
+]
+__all__ = ["Feedback", "Items", "Method", "Policy", "make_method", "method_class", "method_classes"]
+
+_HELPER_MODULES = {"base"}
+
+
+@functools.cache
+def method_classes() -> dict[str, type[Method]]:
+    """{name: method class} of every method module, sorted by name."""
+    found: dict[str, type[Method]] = {}
+    for module_info in pkgutil.iter_modules(__path__, prefix=f"{__name__}."):
+        if module_info.name.rsplit(".", 1)[1] in _HELPER_MODULES:
+            continue
+        module = importlib.import_module(module_info.name)
+        for value in vars(module).values():
+            if (
+                isinstance(value, type)
+                and issubclass(value, Method)
+                and value.__module__ == module.__name__
+            ):
+                if value.name in found:
+                    raise RuntimeError(
+                        f"method name '{value.name}' is defined twice: in "
+                        f"{found[value.name].__module__} and {module.__name__}"
+                    )
+                found[value.name] = value
+    return dict(sorted(found.items()))
+
+
+def method_names() -> list[str]:
+    return list(method_classes())
+
+
+def method_class(name: str, where: str = "method") -> type[Method]:
+    """The class of method ``name``; ValueError naming ``where`` and the known methods."""
+    classes = method_classes()
+    if name not in classes:
+        raise ValueError(f"{where}: unknown method '{name}'; known methods: {', '.join(classes)}")
+    return classes[name]
+
+
+def parse_options(name: str, options: dict[str, Any], where: str) -> Any:
+    """Method ``name``'s options dataclass from a config block, every key checked."""
+    from d3po.config import parse
+
+    return parse(method_class(name).Options, options, where)
+
+
+def make_method(settings: TrainSettings) -> Method:
+    cls = method_class(settings.method)
+    options = parse_options(settings.method, settings.method_options, "method_options")
+    return cls(options, settings.training)
