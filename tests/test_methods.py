@@ -181,3 +181,32 @@ def test_the_config_check_accepts_each_method_only_where_it_can_run(
     assert (result.returncode == 0) == accepted, output
     if not accepted:
         assert f"experiments.{name}.methods: {methods[0]} does not train on human" in output
+
+
+@pytest.mark.parametrize(
+    "options, needles",
+    [
+        ({"d3po": {"beta": -0.1}}, ["methods.d3po.beta: must be > 0"]),
+        ({"dpok": {"kl": 0.1}}, ["methods.dpok: unknown key(s) ['kl']", "kl_weight"]),
+        ({"ppo": {}}, ["methods: unknown method 'ppo'", "dpok"]),
+    ],
+)
+def test_method_options_are_checked_before_any_job(tmp_path, options, needles):
+    workdir = copy_workflow(tmp_path)
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config["methods"] = options
+    (workdir / "bad.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake(
+        workdir,
+        "--dry-run",
+        "--cores",
+        "1",
+        "--configfile",
+        "bad.yaml",
+        "--replace-workflow-config",
+        pythonpath=str(REPO / "src"),
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    for needle in needles:
+        assert needle in output, output

@@ -75,7 +75,12 @@ def parse_options(name: str, options: dict[str, Any], where: str) -> Any:
     """Method ``name``'s options dataclass from a config block, every key checked."""
     from d3po.config import parse
 
-    return parse(method_class(name).Options, options, where)
+    options_class = method_class(name).Options
+    try:
+        return parse(options_class, options, where)
+    except ValueError as error:
+        message = str(error)  # from the Options' own checks: "field: ...", without the prefix
+        raise ValueError(message if message.startswith(where) else f"{where}.{message}") from None
 
 
 def make_method(settings: TrainSettings) -> Method:

@@ -38,6 +38,14 @@ class NoOptions:
     """A method without options of its own."""
 
 
+def require_positive(options: Any, *names: str) -> None:
+    """For an Options ``__post_init__``: ValueError naming the first field that is not > 0."""
+    for name in names:
+        value = getattr(options, name)
+        if not value > 0:
+            raise ValueError(f"{name}: must be > 0, got {value!r}")
+
+
 class Method:
     """A training method: declarations (class attributes), items, loss."""
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from d3po.methods.base import Feedback, Items, Method, Policy, trained_steps
+from d3po.methods.base import Feedback, Items, Method, Policy, require_positive, trained_steps
 
 
 def d3po_loss(
@@ -56,6 +56,9 @@ class D3POOptions:
     """Inverse temperature of the DPO loss."""
     eps: float = 0.1
     """Policy/reference ratios are clamped to [1 - eps, 1 + eps]."""
+
+    def __post_init__(self) -> None:
+        require_positive(self, "beta", "eps")
 
 
 class D3PO(Method):

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from d3po.methods.base import Feedback, Items, Method, Policy, trained_steps
+from d3po.methods.base import Feedback, Items, Method, Policy, require_positive, trained_steps
 
 
 def ppo_clip_loss(
@@ -79,6 +79,9 @@ class DDPOOptions:
     """Per-prompt buffer of recent rewards used to normalise advantages."""
     min_count: int = 16
     """Below this many rewards for a prompt, normalise with the batch statistics."""
+
+    def __post_init__(self) -> None:
+        require_positive(self, "clip_range", "adv_clip_max", "buffer_size", "min_count")
 
 
 class DDPO(Method):

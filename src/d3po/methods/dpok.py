@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from d3po.methods.base import Items, Policy
+from d3po.methods.base import Items, Policy, require_positive
 from d3po.methods.ddpo import DDPO, DDPOOptions, ppo_clip_loss
 
 
@@ -53,6 +53,12 @@ class DPOKOptions(DDPOOptions):
     """Weight of the policy-gradient (reward) term."""
     kl_weight: float = 0.01
     """Weight of the KL penalty to the pretrained model."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require_positive(self, "reward_weight")
+        if self.kl_weight < 0:
+            raise ValueError(f"kl_weight: must be >= 0 (0: no KL penalty), got {self.kl_weight}")
 
 
 class DPOK(DDPO):
