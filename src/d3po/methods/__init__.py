@@ -33,34 +33,32 @@ __path__ += [
 ]
 __all__ = ["Feedback", "Items", "Method", "Policy", "make_method", "method_class", "method_classes"]
 
-_HELPER_MODULES = {"base"}
-
 
 @functools.cache
 def method_classes() -> dict[str, type[Method]]:
     """{name: method class} of every method module, sorted by name."""
     found: dict[str, type[Method]] = {}
     for module_info in pkgutil.iter_modules(__path__, prefix=f"{__name__}."):
-        if module_info.name.rsplit(".", 1)[1] in _HELPER_MODULES:
-            continue
-        module = importlib.import_module(module_info.name)
-        for value in vars(module).values():
-            if (
-                isinstance(value, type)
-                and issubclass(value, Method)
-                and value.__module__ == module.__name__
-            ):
-                if value.name in found:
-                    raise RuntimeError(
-                        f"method name '{value.name}' is defined twice: in "
-                        f"{found[value.name].__module__} and {module.__name__}"
-                    )
-                found[value.name] = value
+        for method in _declared_methods(importlib.import_module(module_info.name)):
+            if method.name in found:
+                raise RuntimeError(
+                    f"method name '{method.name}' is defined twice: in "
+                    f"{found[method.name].__module__} and {method.__module__}"
+                )
+            found[method.name] = method
     return dict(sorted(found.items()))
 
 
-def method_names() -> list[str]:
-    return list(method_classes())
+def _declared_methods(module) -> list[type[Method]]:
+    """The Method subclasses a module defines with a ``name`` of their own."""
+    return [
+        value
+        for value in vars(module).values()
+        if isinstance(value, type)
+        and issubclass(value, Method)
+        and value.__module__ == module.__name__
+        and "name" in vars(value)
+    ]
 
 
 def method_class(name: str, where: str = "method") -> type[Method]:
