@@ -17,7 +17,8 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "config" / "tiny.yaml"
-METHODS = ("d3po", "ddpo")
+METHODS = ("d3po", "ddpo", "dpok")
+JUDGED_METHODS = ("d3po", "preferred_image", "reward_weighted")
 EPOCHS = (1, 2)
 PROXIES = ("jpeg_compressibility", "jpeg_incompressibility")
 EVALUATION_COLUMNS = [
@@ -173,8 +174,9 @@ def test_the_judged_round_trains_on_the_judgements(results: Path):
     manifest = pd.read_csv(results / "feedback/judged/samples/manifest.csv", dtype={"id": str})
     assert list(manifest["id"]) == ["0000_00", "0000_01", "0001_00", "0001_01"]
     assert (results / "feedback/judged/samples/trajectories.pt").stat().st_size > 0
-    metrics = pd.read_csv(results / "train/judged/d3po/seed0/metrics.csv")
-    assert list(metrics["epoch"]) == list(EPOCHS)
-    assert (metrics["units"] == 1).all()  # one decided pair; the split vote is no pair
+    for method in JUDGED_METHODS:  # one decided pair (the split vote is no pair): its winner
+        metrics = pd.read_csv(results / f"train/judged/{method}/seed0/metrics.csv")
+        assert list(metrics["epoch"]) == list(EPOCHS)
+        assert (metrics["units"] == 1).all()
     evaluation = pd.read_csv(results / "judged/evaluation.csv")
-    assert set(evaluation["method"]) == {"base", "d3po"}
+    assert set(evaluation["method"]) == {"base", *JUDGED_METHODS}
