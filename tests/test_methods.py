@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -16,13 +14,14 @@ import yaml
 from test_feedback import judged_set  # noqa: F401 (a fixture)
 from test_feedback import settings as judged_settings
 from test_train import lora_weights, settings
-from test_workflow import REPO, copy_workflow, job_counts
+from test_workflow import REPO, copy_workflow, job_counts, snakemake
 
 from d3po.feedback import load_labelled
 from d3po.methods import Feedback, method_classes
 from d3po.train import Trainer
 
 ALL_METHODS = ["d3po", "ddpo", "dpok", "preferred_image", "reward_weighted"]
+SOURCE = str(REPO / "src")
 
 
 def test_the_registry_finds_every_method_and_its_declarations():
@@ -110,20 +109,12 @@ class Toy(DDPO):
 '''
 
 
-def snakemake(workdir: Path, *args: str, pythonpath: str) -> subprocess.CompletedProcess:
-    bin_dir = str(Path(sys.executable).parent)
-    env = os.environ | {
-        "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
-        "PYTHONPATH": pythonpath,
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "snakemake", *args],
-        cwd=workdir,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+def dry_run(workdir: Path, config: dict, pythonpath: str = SOURCE) -> tuple[int, str]:
+    """A dry-run of ``config`` in ``workdir``, with the package (and plug-ins) on ``pythonpath``."""
+    (workdir / "check.yaml").write_text(yaml.safe_dump(config))
+    args = ("--dry-run", "--cores", "1", "--configfile", "check.yaml", "--replace-workflow-config")
+    result = snakemake(workdir, *args, pythonpath=pythonpath)
+    return result.returncode, result.stdout + result.stderr
 
 
 def test_a_method_in_one_file_is_picked_up_by_the_workflow(tmp_path):
@@ -135,19 +126,15 @@ def test_a_method_in_one_file_is_picked_up_by_the_workflow(tmp_path):
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     config["experiments"]["compressibility"]["methods"] = ["d3po", "toy_method"]
     config["methods"]["toy_method"] = {"clip_range": 0.01}
-    (workdir / "toy.yaml").write_text(yaml.safe_dump(config))
-    args = ("--dry-run", "--cores", "1", "--configfile", "toy.yaml", "--replace-workflow-config")
 
-    source = str(REPO / "src")
-    result = snakemake(workdir, *args, pythonpath=os.pathsep.join([str(plugins), source]))
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output
+    returncode, output = dry_run(workdir, config, os.pathsep.join([str(plugins), SOURCE]))
+    assert returncode == 0, output
     assert "results/train/compressibility/toy_method/seed0/metrics.csv" in output
     assert job_counts(output)["train"] == 5  # compressibility 2, safety 2, safety_judged 1
 
-    without = snakemake(workdir, *args, pythonpath=source)  # the file is the only change
-    assert without.returncode != 0
-    assert "unknown method 'toy_method'" in without.stdout + without.stderr
+    returncode, output = dry_run(workdir, config)  # without the file: its only change
+    assert returncode != 0
+    assert "unknown method 'toy_method'" in output
 
 
 @pytest.mark.parametrize(
@@ -166,19 +153,8 @@ def test_the_config_check_accepts_each_method_only_where_it_can_run(
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     name = "safety_judged" if judged else "compressibility"
     config["experiments"] = {name: config["experiments"][name] | {"methods": methods}}
-    (workdir / "check.yaml").write_text(yaml.safe_dump(config))
-    result = snakemake(
-        workdir,
-        "--dry-run",
-        "--cores",
-        "1",
-        "--configfile",
-        "check.yaml",
-        "--replace-workflow-config",
-        pythonpath=str(REPO / "src"),
-    )
-    output = result.stdout + result.stderr
-    assert (result.returncode == 0) == accepted, output
+    returncode, output = dry_run(workdir, config)
+    assert (returncode == 0) == accepted, output
     if not accepted:
         assert f"experiments.{name}.methods: {methods[0]} does not train on human" in output
 
@@ -195,18 +171,7 @@ def test_method_options_are_checked_before_any_job(tmp_path, options, needles):
     workdir = copy_workflow(tmp_path)
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     config["methods"] = options
-    (workdir / "bad.yaml").write_text(yaml.safe_dump(config))
-    result = snakemake(
-        workdir,
-        "--dry-run",
-        "--cores",
-        "1",
-        "--configfile",
-        "bad.yaml",
-        "--replace-workflow-config",
-        pythonpath=str(REPO / "src"),
-    )
-    output = result.stdout + result.stderr
-    assert result.returncode != 0
+    returncode, output = dry_run(workdir, config)
+    assert returncode != 0
     for needle in needles:
         assert needle in output, output

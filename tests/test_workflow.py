@@ -43,10 +43,14 @@ def copy_workflow(destination: Path) -> Path:
     return destination
 
 
-def snakemake(workdir: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+def snakemake(
+    workdir: Path, *args: str, timeout: int = 300, pythonpath: str | None = None
+) -> subprocess.CompletedProcess:
     """Run Snakemake of this venv in ``workdir``; rules find `d3po` on the PATH."""
     bin_dir = str(Path(sys.executable).parent)
     env = os.environ | {"PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
+    if pythonpath is not None:
+        env["PYTHONPATH"] = pythonpath
     return subprocess.run(
         [sys.executable, "-m", "snakemake", *args],
         cwd=workdir,
