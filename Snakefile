@@ -1,4 +1,4 @@
-"""D3PO and DDPO on proxy objectives: train, sample every checkpoint, score, plot, tabulate.
+"""D3PO and baselines on proxy objectives: train, sample every checkpoint, score, plot, tabulate.
 
     snakemake --cores 2                                   # the embedded tiny default
     snakemake --cores 2 --configfile config/paper.yaml    # the paper's Stable Diffusion runs

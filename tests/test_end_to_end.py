@@ -17,7 +17,8 @@ from workflow_runs import copy_workflow, run_workflow, workflow_env
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "config" / "tiny.yaml"
-METHODS = ("d3po", "ddpo")
+METHODS = ("d3po", "ddpo", "dpok")
+JUDGED_METHODS = ("d3po", "preferred_image", "reward_weighted")
 EPOCHS = (1, 2)
 PROXIES = ("jpeg_compressibility", "jpeg_incompressibility")
 EVALUATION_COLUMNS = [
@@ -152,11 +153,12 @@ def test_the_judged_round_trains_on_the_judgements(results: Path):
     manifest = pd.read_csv(judged_set / "manifest.csv", dtype={"id": str})
     assert list(manifest["id"]) == ["0000_00", "0000_01", "0001_00", "0001_01"]
     assert (judged_set / "trajectories.pt").stat().st_size > 0
-    metrics = pd.read_csv(results / "train/judged/d3po/seed0/round1/metrics.csv")
-    assert list(metrics["epoch"]) == list(EPOCHS)
-    assert (metrics["units"] == 1).all()  # one decided pair; the split vote is no pair
+    for method in JUDGED_METHODS:  # one decided pair (the split vote is no pair): its winner
+        metrics = pd.read_csv(results / f"train/judged/{method}/seed0/round1/metrics.csv")
+        assert list(metrics["epoch"]) == list(EPOCHS)
+        assert (metrics["units"] == 1).all()
     evaluation = pd.read_csv(results / "judged/evaluation.csv")
-    assert set(evaluation["method"]) == {"base", "d3po"}
+    assert set(evaluation["method"]) == {"base", *JUDGED_METHODS}
 
 
 def test_the_report_shows_the_results_table_and_what_the_run_was(results: Path):

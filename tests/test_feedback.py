@@ -61,7 +61,7 @@ def preference_margin(trainer: Trainer) -> float:
     loser = pairs[:, 1].repeat_interleave(steps)
     step = torch.arange(steps).repeat(len(pairs))
     with torch.no_grad():
-        policy = trainer.log_prob_fn(trajectories)
+        policy = trainer.policy(trajectories).log_prob
         reference = trajectories.reference_log_probs.cpu()
         margin = (policy(winner, step).cpu() - reference[winner, step]) - (
             policy(loser, step).cpu() - reference[loser, step]
@@ -95,7 +95,7 @@ def test_a_judged_run_writes_its_outputs_and_resumes(judged_set, tmp_path):
 
 
 def test_judgements_cannot_train_ddpo(judged_set):
-    with pytest.raises(ValueError, match="D3PO only"):
+    with pytest.raises(ValueError, match="does not train on human judgements"):
         Trainer(settings("ddpo"), labelled=load_labelled(*judged_set))
 
 

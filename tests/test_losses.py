@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from d3po.d3po import d3po_loss
-from d3po.ddpo import PerPromptStatTracker, ppo_clip_loss
+from d3po.methods.d3po import d3po_loss
+from d3po.methods.ddpo import PerPromptStatTracker, ppo_clip_loss
 
 
 def reference_d3po(pw, rw, pl, rl, beta, eps):
@@ -110,3 +110,68 @@ def test_tracker_state_round_trips():
     np.testing.assert_allclose(
         copy.advantages(["a"], np.array([4.0])), tracker.advantages(["a"], np.array([4.0]))
     )
+
+
+# --------------------------------------------------------------------------- the baselines
+
+
+def test_gaussian_kl_matches_torch_distributions():
+    from torch.distributions import Normal, kl_divergence
+
+    from d3po.methods.dpok import gaussian_kl
+
+    policy_mean = torch.tensor([[[0.5, -1.0], [2.0, 0.0]]])  # (1, 2, 2)
+    reference_mean = torch.tensor([[[0.0, -1.5], [1.0, 0.25]]])
+    std = torch.tensor([[[0.5]]])
+    per_dimension = kl_divergence(Normal(policy_mean, std), Normal(reference_mean, std))
+    kl_mean = gaussian_kl(policy_mean, reference_mean, std, "mean")
+    kl_sum = gaussian_kl(policy_mean, reference_mean, std, "sum")
+    torch.testing.assert_close(kl_mean, per_dimension.mean(dim=(1, 2)))
+    torch.testing.assert_close(kl_sum, per_dimension.sum(dim=(1, 2)))
+    # by hand: squared distances 0.25, 0.25, 1, 0.0625 over 2 sigma^2 = 0.5
+    assert kl_sum.item() == pytest.approx((0.25 + 0.25 + 1 + 0.0625) / 0.5)
+
+
+def test_dpok_loss_is_the_weighted_policy_gradient_plus_the_kl():
+    from d3po.methods.dpok import dpok_loss
+
+    log_prob, old, advantage, kl = -1.0 + 3e-5, -1.0, 2.0, 0.4
+    loss, diagnostics = dpok_loss(
+        torch.tensor([log_prob]),
+        torch.tensor([old]),
+        torch.tensor([advantage]),
+        torch.tensor([kl]),
+        clip_range=1e-4,
+        reward_weight=10.0,
+        kl_weight=0.01,
+    )
+    expected = 10.0 * reference_ppo(log_prob, old, advantage, 1e-4) + 0.01 * kl
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    assert diagnostics["kl"].item() == pytest.approx(kl)
+
+
+def test_weighted_denoising_loss_on_hand_numbers():
+    from d3po.methods.reward_weighted import weighted_denoising_loss
+
+    prediction = torch.tensor([[1.0, 2.0], [0.0, 0.0]])  # (2 items, 2 dimensions)
+    target = torch.tensor([[0.0, 0.0], [1.0, 1.0]])
+    loss, diagnostics = weighted_denoising_loss(prediction, target, torch.tensor([0.5, 2.0]))
+    # mean squared errors: (1 + 4) / 2 = 2.5 and (1 + 1) / 2 = 1
+    torch.testing.assert_close(loss, torch.tensor([0.5 * 2.5, 2.0 * 1.0]))
+    assert diagnostics["denoising_mse"].item() == pytest.approx(1.75)
+
+
+def test_reward_weights_are_the_sigmoid_of_standardised_rewards():
+    from d3po.methods.reward_weighted import reward_weights
+
+    weights = reward_weights(np.array([1.0, 2.0, 3.0]))
+    z = 1 / math.sqrt(2 / 3)  # (3 - 2) / population std
+    expected = [1 / (1 + math.exp(z)), 0.5, 1 / (1 + math.exp(-z))]
+    assert weights.tolist() == pytest.approx(expected, rel=1e-5)
+
+
+def test_a_judged_image_weighs_the_share_of_comparisons_it_won():
+    from d3po.methods.reward_weighted import win_shares
+
+    pairs = torch.tensor([[0, 1], [0, 2], [2, 1]])  # winner, loser; image 3 never decided
+    assert win_shares(pairs, 4).tolist() == [1.0, 0.0, 0.5, 0.0]

@@ -26,7 +26,7 @@ SETTINGS = {
         "batch_size": 2,
         "learning_rate": 1e-3,
     },
-    "ddpo": {"buffer_size": 4, "min_count": 2},  # the per-prompt buffers matter after resume
+    "method_options": {"buffer_size": 4, "min_count": 2},  # buffers matter after resume
 }
 
 

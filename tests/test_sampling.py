@@ -6,7 +6,7 @@ import pytest
 import torch
 from diffusers import DDIMScheduler
 
-from d3po.sampling import ddim_step, gaussian_log_prob, sample, step_log_probs
+from d3po.sampling import ddim_step, gaussian_log_prob, recorded_step, sample
 
 
 def make_scheduler(**overrides) -> DDIMScheduler:
@@ -111,9 +111,9 @@ def test_recomputed_log_probs_equal_recorded_ones(tiny_pipe, sampler):
     sample_index = torch.arange(4).repeat_interleave(steps)
     step_index = torch.arange(steps).repeat(4)
     with torch.no_grad():
-        recomputed = step_log_probs(
+        recomputed = recorded_step(
             tiny_pipe.unet, tiny_pipe.scheduler, trajectories, sample_index, step_index, sampler
-        )
+        ).log_prob
     torch.testing.assert_close(
         recomputed, trajectories.log_probs[sample_index, step_index], rtol=1e-5, atol=1e-5
     )

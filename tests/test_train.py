@@ -81,9 +81,10 @@ def test_both_methods_move_the_adapter_and_log_their_metrics():
         assert row["samples_seen"] == 6
 
 
-def test_ddpo_refuses_several_objectives():
-    with pytest.raises(ValueError, match="DDPO needs one scalar reward"):
-        replace(settings("ddpo"), objectives=("jpeg_compressibility", "jpeg_incompressibility"))
+@pytest.mark.parametrize("method", ["ddpo", "dpok", "reward_weighted"])
+def test_reward_methods_refuse_several_objectives(method):
+    with pytest.raises(ValueError, match=f"{method} needs one scalar reward"):
+        replace(settings(method), objectives=("jpeg_compressibility", "jpeg_incompressibility"))
 
 
 def test_resumed_run_matches_the_uninterrupted_one(tmp_path):

@@ -44,10 +44,14 @@ def copy_workflow(destination: Path) -> Path:
     return destination
 
 
-def snakemake(workdir: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+def snakemake(
+    workdir: Path, *args: str, timeout: int = 300, pythonpath: str | None = None
+) -> subprocess.CompletedProcess:
     """Run Snakemake of this venv in ``workdir``; rules find `d3po` on the PATH."""
     bin_dir = str(Path(sys.executable).parent)
     env = os.environ | {"PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
+    if pythonpath is not None:
+        env["PYTHONPATH"] = pythonpath
     return subprocess.run(
         [sys.executable, "-m", "snakemake", *args],
         cwd=workdir,
@@ -256,7 +260,7 @@ BAD_CONFIGS = {
     unknown_prompt_list: ["experiments.compressibility.prompts", "animals", "shapes"],
     missing_model_folder: ["model.source", "./models/not-downloaded"],
     prompt_outside_the_toy_world: ["prompts.shapes", "magenta", "known colours"],
-    judged_ddpo: ["experiments.safety_judged.methods", "D3PO only"],
+    judged_ddpo: ["experiments.safety_judged.methods", "ddpo does not train on human judgements"],
     rule_proxy_as_online_objective: [
         "experiments.compressibility.objectives",
         "'clip_score' is a rule-based proxy",

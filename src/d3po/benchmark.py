@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from d3po.config import SamplerSpec, TrainingSpec, TrainSettings
+from d3po.methods import Feedback
 from d3po.sampling import sample
 
 
@@ -75,7 +76,7 @@ def timed_epoch(trainer, rng: np.random.Generator) -> dict[str, float]:
     trajectories.reference_log_probs = trainer.reference_log_probs(trajectories)
     scores = rng.random((len(trajectories.prompts), 1))
     generator = torch.Generator().manual_seed(trainer.epoch)
-    items = trainer.method.prepare(trajectories, scores, generator)
+    items = trainer.method.prepare(Feedback(trajectories, scores), generator)
     synchronize()
     referenced = time.perf_counter()
     trainer.update(items, trajectories, generator)

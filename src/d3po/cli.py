@@ -2,10 +2,11 @@
 
     d3po sample   --settings JSON --out DIR [--adapter CHECKPOINT]   held-out sample set
     d3po score    --samples DIR --proxy NAME --out CSV [--options JSON]
-    d3po train    --settings JSON --run-dir DIR --state-dir DIR       D3PO or DDPO, resumable
-                  [--samples DIR --judgements JSONL]                 D3PO on human judgements
+    d3po train    --settings JSON --run-dir DIR --state-dir DIR       any method, resumable
+                  [--samples DIR --judgements JSONL]                 on human judgements
                   [--samples DIR --scores PROXY=CSV ...]             ... on a proxy's score order
                   [--init-adapter CHECKPOINT]                        from an earlier round
+    d3po methods                                                      methods and their options
     d3po annotate --samples DIR --criterion NAME --out JSONL          toy world's annotator
                   [--via-http --protocol best|score|pairwise]        ... through the app
     d3po label SAMPLES_DIR --judgements JSONL [--host --port --protocol --token ...]
@@ -59,6 +60,19 @@ def cmd_sample(args: argparse.Namespace) -> None:
         settings, args.out, adapter=args.adapter, keep_trajectories=args.trajectories
     )
     print(f"wrote {len(manifest)} images to {args.out}")
+
+
+def cmd_methods(args: argparse.Namespace) -> None:
+    import dataclasses
+
+    from d3po.methods import method_classes
+
+    for name, method in method_classes().items():
+        feedback = "one proxy reward" if method.signal == "reward" else "preferences (Pareto)"
+        judged = ", judged sets" if method.accepts_judgements else ""
+        print(f"{name}: {method.summary}\n    trains on: {feedback}{judged}")
+        for option in dataclasses.fields(method.Options):
+            print(f"    methods.{name}.{option.name} = {option.default!r} ({option.type})")
 
 
 def cmd_score(args: argparse.Namespace) -> None:
@@ -288,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--options", type=_json, default=None)
     score.set_defaults(run=cmd_score)
 
-    train = steps.add_parser("train", help="train D3PO or DDPO (resumes from --state-dir)")
+    train = steps.add_parser("train", help="train one method (resumes from --state-dir)")
     train.add_argument("--settings", type=_json, required=True)
     train.add_argument("--run-dir", type=Path, required=True)
     train.add_argument("--state-dir", type=Path, required=True)
@@ -299,6 +313,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--init-adapter", type=Path, help="start from this LoRA checkpoint")
     train.set_defaults(run=cmd_train)
+
+    steps.add_parser("methods", help="list the training methods and their options").set_defaults(
+        run=cmd_methods
+    )
 
     annotate = steps.add_parser("annotate", help="toy world: the simulated annotator judges")
     annotate.add_argument("--samples", type=Path, required=True)

@@ -42,7 +42,7 @@ class SamplerSpec:
 
 @dataclass(frozen=True)
 class TrainingSpec:
-    """The online loop shared by D3PO and DDPO."""
+    """The online loop every method shares."""
 
     epochs: int = 10
     checkpoint_every: int = 5
@@ -70,26 +70,6 @@ class TrainingSpec:
 
 
 @dataclass(frozen=True)
-class D3POSpec:
-    beta: float = 0.1
-    """Inverse temperature of the DPO loss."""
-    eps: float = 0.1
-    """Policy/reference ratios are clamped to [1 - eps, 1 + eps]."""
-
-
-@dataclass(frozen=True)
-class DDPOSpec:
-    clip_range: float = 1e-4
-    """PPO ratio clip (DDPO uses a very small one)."""
-    adv_clip_max: float = 5.0
-    """Advantages are clipped to [-adv_clip_max, adv_clip_max]."""
-    buffer_size: int = 16
-    """Per-prompt buffer of recent rewards used to normalise advantages."""
-    min_count: int = 16
-    """Below this many rewards for a prompt, normalise with the batch statistics."""
-
-
-@dataclass(frozen=True)
 class TrainSettings:
     """Everything `d3po train` needs for one run (experiment x method x seed)."""
 
@@ -101,8 +81,8 @@ class TrainSettings:
     lora: LoraSpec = field(default_factory=LoraSpec)
     sampler: SamplerSpec = field(default_factory=SamplerSpec)
     training: TrainingSpec = field(default_factory=TrainingSpec)
-    d3po: D3POSpec = field(default_factory=D3POSpec)
-    ddpo: DDPOSpec = field(default_factory=DDPOSpec)
+    method_options: dict[str, Any] = field(default_factory=dict)
+    """The method's own options (its ``Options`` dataclass; config block ``methods.NAME``)."""
     proxy_options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -110,11 +90,20 @@ class TrainSettings:
             raise ConfigError("prompts: the training prompt list is empty")
         if not self.objectives:
             raise ConfigError("objectives: name at least one proxy objective")
-        if self.method == "ddpo" and len(self.objectives) != 1:
+        from dataclasses import asdict
+
+        from d3po.methods import method_class, parse_options
+
+        method = method_class(self.method)
+        if method.signal == "reward" and len(self.objectives) != 1:
             raise ConfigError(
-                f"objectives: DDPO needs one scalar reward, got {len(self.objectives)} "
-                f"({', '.join(self.objectives)}); use D3PO for several (Pareto) objectives"
+                f"objectives: {self.method} needs one scalar reward, got {len(self.objectives)} "
+                f"({', '.join(self.objectives)}); use a preference method for several (Pareto) "
+                "objectives"
             )
+        # with every default filled in, so that a saved state's settings compare exactly
+        options = parse_options(self.method, self.method_options, "method_options")
+        object.__setattr__(self, "method_options", asdict(options))
 
 
 @dataclass(frozen=True)

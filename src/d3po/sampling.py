@@ -10,7 +10,7 @@ classifier-free guidance, a Gaussian
     sigma_t = eta * sqrt((1 - a_{t-1}) / (1 - a_t)) * sqrt(1 - a_t / a_{t-1}),   a = alphas_cumprod.
 
 ``ddim_step`` computes mu, sigma and the log-density of a given or fresh x_{t-1}; ``sample``
-runs the chain for a batch and keeps every latent; ``step_log_probs`` recomputes the log-prob
+runs the chain for a batch and keeps every latent; ``recorded_step`` recomputes the log-prob
 of recorded steps under the current weights (policy, or reference with the adapter off).
 """
 
@@ -286,7 +286,7 @@ def _step_seed(group_seed: int, image_index: int) -> int:
     return (group_seed * 1_000_003 + image_index + 1) % (2**63)
 
 
-def step_log_probs(
+def recorded_step(
     unet,
     scheduler,
     trajectories: Trajectories,
@@ -294,8 +294,9 @@ def step_log_probs(
     step_index: torch.Tensor,
     spec: SamplerSpec,
     reduction: str = "mean",
-) -> torch.Tensor:
-    """log pi(x_{t-1} | x_t) of recorded steps under ``unet`` as it is now, batched.
+) -> StepOutput:
+    """The policy's Gaussian (mean, std) at recorded steps under ``unet`` as it is now, and the
+    log pi(x_{t-1} | x_t) of the recorded actions, batched.
 
     ``sample_index`` and ``step_index`` are (N,) and pick N (image, step) items anywhere in the
     batch. Gradients flow when enabled: this is the training forward pass. Call it inside
@@ -319,7 +320,7 @@ def step_log_probs(
     )
     return ddim_step(
         scheduler, noise_pred, timestep, x_t, spec.eta, prev_sample=x_prev, reduction=reduction
-    ).log_prob
+    )
 
 
 def concatenate(parts: list[Trajectories]) -> Trajectories:

@@ -1,8 +1,8 @@
-"""The online training loop that D3PO and DDPO share.
+"""The online training loop every method shares (d3po.methods: D3PO, DDPO, DPOK, ...).
 
 Each epoch: (1) sample K images per prompt with the current policy, recording trajectories;
 (2) score them with the proxy objectives; (3) the method turns trajectories and scores into
-(unit, timestep) items (D3PO: preference pairs with reference log-probs, DDPO: advantages);
+training items (D3PO: preference pairs with reference log-probs, DDPO: advantages, ...);
 (4) optimizer steps over whole units, in micro-batches of items; (5) a metrics row, and every
 ``checkpoint_every`` epochs an adapter checkpoint and the resume state.
 
@@ -37,9 +37,9 @@ from d3po import rewards
 from d3po.config import StateError, TrainSettings
 from d3po.errors import ConfigError
 from d3po.feedback import LabelledSamples
-from d3po.methods import Items, make_method
+from d3po.methods import Feedback, Items, Policy, make_method, method_classes
 from d3po.models import add_lora, load_lora_state, load_pipeline, reference_policy, save_lora
-from d3po.sampling import Trajectories, sample, step_log_probs
+from d3po.sampling import Trajectories, sample
 
 
 class Trainer:
@@ -54,9 +54,11 @@ class Trainer:
     ) -> None:
         """``init_adapter``: a LoRA checkpoint the adapter starts from (a feedback round after
         the first starts from the previous round's final adapter)."""
-        if labelled is not None and settings.method != "d3po":
+        self.method = make_method(settings)
+        if labelled is not None and not self.method.accepts_judgements:
             raise ConfigError(
-                f"method: human judgements train D3PO only; {settings.method} needs scalar rewards"
+                f"method: {settings.method} does not train on human judgements (it needs a "
+                f"{self.method.signal} from a proxy); methods that do: {judged_methods()}"
             )
         self.settings = settings
         self.labelled = labelled
@@ -78,7 +80,6 @@ class Trainer:
         # The training forward goes through the prepared (DDP-wrapped when distributed) UNet,
         # so LoRA gradients are synchronised; sampling and the reference use the bare module.
         self.unet, self.optimizer = self.accelerator.prepare(self.pipe.unet, optimizer)
-        self.method = make_method(settings)
         self.epoch = 0
         self.metrics: list[dict] = []
 
@@ -94,7 +95,7 @@ class Trainer:
         else:  # a judged sample set: the same pairs every epoch
             trajectories, scores, pairs = self.judged_samples(), None, self.labelled.pairs
         generator = torch.Generator().manual_seed(_derive_seed(self.settings.seed, self.epoch, 1))
-        items = self.method.prepare(trajectories, scores, generator, pairs=pairs)
+        items = self.method.prepare(Feedback(trajectories, scores, pairs), generator)
         update = self.update(items, trajectories, generator)
         row = {
             "epoch": self.epoch,
@@ -124,7 +125,7 @@ class Trainer:
         the same training items; the update then splits each optimizer step's items.
         """
         trajectories = self.sample_share(epoch)
-        if self.method.needs_reference:
+        if self.method.needs_reference_log_probs:
             trajectories.reference_log_probs = self.reference_log_probs(trajectories)
         world = self.accelerator.num_processes
         return gather_trajectories(trajectories, self.accelerator) if world > 1 else trajectories
@@ -154,7 +155,8 @@ class Trainer:
             )
 
     def judged_samples(self) -> Trajectories:
-        """The labelled set on this device, with its reference log-probs (computed once).
+        """The labelled set on this device, with its reference log-probs if the method needs
+        them (both done once).
 
         The reference policy is the base model (adapter off) when the adapter starts at zero;
         a round that starts from an earlier round's adapter takes the log-probs recorded when
@@ -167,20 +169,21 @@ class Trainer:
                 f"sampler.num_steps={self.settings.sampler.num_steps} but the judged samples "
                 f"were made with {trajectories.num_steps}; use the sampler they were made with"
             )
-        if trajectories.reference_log_probs is None:
-            device = self.accelerator.device
+        device = self.accelerator.device
+        if trajectories.latents.device != device:
             trajectories = dataclasses.replace(
                 trajectories,
                 latents=trajectories.latents.to(device),
                 prompt_embeds=trajectories.prompt_embeds.to(device),
                 negative_embeds=trajectories.negative_embeds.to(device),
             )
+        if self.method.needs_reference_log_probs and trajectories.reference_log_probs is None:
             trajectories.reference_log_probs = (
                 self.reference_log_probs(trajectories)
                 if self.init_adapter is None
-                else trajectories.log_probs.to(device)
+                else trajectories.log_probs.to(trajectories.latents.device)
             )
-            self.labelled.trajectories = trajectories
+        self.labelled.trajectories = trajectories
         return trajectories
 
     def score(self, trajectories: Trajectories) -> np.ndarray:
@@ -195,23 +198,17 @@ class Trainer:
         ]
         return np.stack(columns, axis=1)
 
-    def log_prob_fn(self, trajectories: Trajectories, unet=None):
-        """log pi of recorded steps under ``unet`` (default: the bare UNet, for no-grad use)."""
-        sampler, reduction = self.settings.sampler, self.training.log_prob_reduction
-        unet = unet or self.pipe.unet
-
-        def log_prob(sample_index: torch.Tensor, step_index: torch.Tensor) -> torch.Tensor:
-            return step_log_probs(
-                unet,
-                self.pipe.scheduler,
-                trajectories,
-                sample_index,
-                step_index,
-                sampler,
-                reduction,
-            )
-
-        return log_prob
+    def policy(self, trajectories: Trajectories, unet=None) -> Policy:
+        """The model as methods see it on ``trajectories``: the forward through ``unet``
+        (default: the bare UNet, for no-grad use; the training forward passes the prepared one)."""
+        return Policy(
+            unet=unet or self.pipe.unet,
+            bare=self.pipe.unet,
+            scheduler=self.pipe.scheduler,
+            trajectories=trajectories,
+            sampler=self.settings.sampler,
+            reduction=self.training.log_prob_reduction,
+        )
 
     @torch.no_grad()
     def reference_log_probs(self, trajectories: Trajectories) -> torch.Tensor:
@@ -219,7 +216,7 @@ class Trainer:
         batch, steps = trajectories.log_probs.shape
         sample_index = torch.arange(batch).repeat_interleave(steps)
         step_index = torch.arange(steps).repeat(batch)
-        reference = self.log_prob_fn(trajectories)
+        reference = self.policy(trajectories).log_prob
         size = self.training.micro_batch_size
         with reference_policy(self.pipe.unet), self.accelerator.autocast():
             chunks = [
@@ -238,7 +235,7 @@ class Trainer:
         hence the factor ``world``: the step's gradient is the mean over all its items.
         """
         self.pipe.unet.train()
-        policy = self.log_prob_fn(trajectories, self.unet)
+        policy = self.policy(trajectories, self.unet)
         world, size = self.accelerator.num_processes, self.training.micro_batch_size
         totals: dict[str, float] = {}
         order = torch.randperm(items.num_units, generator=generator)
@@ -269,7 +266,7 @@ class Trainer:
         return {
             "epoch": self.epoch,
             "optimizer": self.optimizer.state_dict(),
-            "method": self.method.state_dict() if hasattr(self.method, "state_dict") else {},
+            "method": self.method.state_dict(),
         }
 
     def fingerprint(self) -> str:
@@ -285,8 +282,7 @@ class Trainer:
     def load_state_dict(self, state: dict) -> None:
         self.epoch = state["epoch"]
         self.optimizer.load_state_dict(state["optimizer"])
-        if hasattr(self.method, "load_state_dict"):
-            self.method.load_state_dict(state["method"])
+        self.method.load_state_dict(state["method"])
 
 
 def gather_trajectories(trajectories: Trajectories, accelerator: Accelerator) -> Trajectories:
@@ -309,6 +305,10 @@ def gather_trajectories(trajectories: Trajectories, accelerator: Accelerator) ->
         images=everyone(trajectories.images),
         reference_log_probs=None if reference is None else everyone(reference),
     )
+
+
+def judged_methods() -> str:
+    return ", ".join(name for name, cls in method_classes().items() if cls.accepts_judgements)
 
 
 def make_accelerator(mixed_precision: str) -> Accelerator:

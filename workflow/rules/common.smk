@@ -100,7 +100,6 @@ def check_schema(schema_file):
 check_schema(Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml")
 validate(config, "../schemas/config.schema.yaml")  # fills in the defaults
 
-METHODS = ("d3po", "ddpo")
 RESULTS = config["results_dir"]
 
 
@@ -120,6 +119,13 @@ def registered_proxy_names():
     return list(proxy_names())
 
 
+def registered_methods():
+    """{name: method class} of the d3po.methods package: the one list of methods."""
+    from d3po.methods import method_classes
+
+    return method_classes()
+
+
 def check_config(config):
     """Fail before any job, naming the field, on mistakes the schema cannot see."""
     lists = sorted(config["prompts"])
@@ -131,6 +137,7 @@ def check_config(config):
                 f"{', '.join(lists) or 'none'}"
             )
 
+    check_method_options()
     check_prompt_list("evaluation.prompts", config["evaluation"]["prompts"])
     check_proxies("evaluation.proxies", config["evaluation"]["proxies"])
     check_proxies("proxies", config["proxies"])
@@ -138,16 +145,11 @@ def check_config(config):
     for name, experiment in config["experiments"].items():
         check_prompt_list(f"experiments.{name}.prompts", experiment["prompts"])
         check_proxies(f"experiments.{name}.objectives", experiment["objectives"])
+        check_methods(name, experiment)
         if experiment.get("judgements"):
             check_judged_experiment(name, experiment)
         else:
             check_online_objectives(name, experiment)
-        if "ddpo" in experiment["methods"] and len(experiment["objectives"]) != 1:
-            raise WorkflowError(
-                f"experiments.{name}.objectives: DDPO needs exactly one objective (a scalar "
-                f"reward), got {len(experiment['objectives'])}; drop ddpo from "
-                f"experiments.{name}.methods or keep one objective"
-            )
     if config["model"]["source"] == "toy":
         check_toy_prompts()
     check_model(files=False)
@@ -228,15 +230,51 @@ onstart:
     check_model()
 
 
+def check_method_options():
+    """Each block of config 'methods' names a method and holds only its declared options."""
+    from d3po.methods import parse_options
+
+    for name, options in config["methods"].items():
+        check_method_name("methods", name)
+        try:
+            parse_options(name, options, f"methods.{name}")
+        except ValueError as error:
+            raise WorkflowError(str(error)) from None
+
+
+def check_method_name(field, name):
+    if name not in METHOD_CLASSES:
+        raise WorkflowError(
+            f"{field}: unknown method '{name}'; known methods: {', '.join(METHOD_CLASSES)}"
+        )
+
+
+def check_methods(name, experiment):
+    """Each method of an experiment is known and can run on its feedback."""
+    field = f"experiments.{name}"
+    judged = bool(experiment.get("judgements"))
+    for method in experiment["methods"]:
+        check_method_name(f"{field}.methods", method)
+        declared = METHOD_CLASSES[method]
+        if judged and not declared.accepts_judgements:
+            accepting = [n for n, c in METHOD_CLASSES.items() if c.accepts_judgements]
+            raise WorkflowError(
+                f"{field}.methods: {method} does not train on human judgements (it needs a "
+                f"{declared.signal} from a proxy); a judged experiment takes "
+                f"{', '.join(accepting)}"
+            )
+        if declared.signal == "reward" and len(experiment["objectives"]) != 1:
+            raise WorkflowError(
+                f"{field}.objectives: {method} needs exactly one objective (a scalar "
+                f"reward), got {len(experiment['objectives'])}; drop {method} from "
+                f"{field}.methods or keep one objective"
+            )
+
+
 def check_judged_experiment(name, experiment):
-    """Feedback rounds train D3PO on judged sets: say what is missing or contradictory."""
+    """Feedback rounds train on judged sets: say what is missing or contradictory."""
     field = f"experiments.{name}"
     judgements = experiment["judgements"]
-    if experiment["methods"] != ["d3po"]:
-        raise WorkflowError(
-            f"{field}.methods: a judged experiment trains D3PO only (DDPO needs scalar "
-            f"rewards); set methods: [d3po]"
-        )
     if judgements["prompts"] not in config["prompts"]:
         raise WorkflowError(
             f"{field}.judgements.prompts: unknown prompt list '{judgements['prompts']}'"
@@ -319,6 +357,9 @@ def register_rule_proxies(path, rules):
         RULE_PROXIES[name] = path
 
 
+METHOD_CLASSES = registered_methods()
+
+
 # ------------------------------------------------------------------------- settings documents
 
 
@@ -357,8 +398,7 @@ def train_settings(wildcards):
             if name in config["proxies"]
         },
         "training": experiment_training(wildcards.experiment),
-        "d3po": config["d3po"],
-        "ddpo": config["ddpo"],
+        "method_options": config["methods"].get(wildcards.method, {}),
     }
 
 
@@ -684,7 +724,7 @@ def alternatives(names):
 
 wildcard_constraints:
     experiment=alternatives(config["experiments"]),
-    method=alternatives(METHODS),
+    method=alternatives(METHOD_CLASSES),
     seed=r"\d+",
     epoch=r"[1-9]\d*",
     round=r"[1-9]\d*",

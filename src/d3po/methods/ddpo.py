@@ -11,9 +11,12 @@ batch statistics until the buffer holds ``min_count`` rewards), clipped, and use
 from __future__ import annotations
 
 from collections import defaultdict, deque
+from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from d3po.methods.base import Feedback, Items, Method, Policy, require_positive, trained_steps
 
 
 def ppo_clip_loss(
@@ -64,3 +67,67 @@ class PerPromptStatTracker:
         self.buffers.clear()
         for prompt, values in state.items():
             self.buffers[prompt].extend(values)
+
+
+@dataclass(frozen=True)
+class DDPOOptions:
+    clip_range: float = 1e-4
+    """PPO ratio clip (DDPO uses a very small one)."""
+    adv_clip_max: float = 5.0
+    """Advantages are clipped to [-adv_clip_max, adv_clip_max]."""
+    buffer_size: int = 16
+    """Per-prompt buffer of recent rewards used to normalise advantages."""
+    min_count: int = 16
+    """Below this many rewards for a prompt, normalise with the batch statistics."""
+
+    def __post_init__(self) -> None:
+        require_positive(self, "clip_range", "adv_clip_max", "buffer_size", "min_count")
+
+
+class DDPO(Method):
+    """Scalar rewards, per-prompt normalised advantages, PPO-clip against the sampling policy."""
+
+    name = "ddpo"
+    summary = "DDPO: PPO-clip on the denoising steps with per-prompt normalised rewards"
+    signal = "reward"
+    accepts_judgements = False
+    needs_reference_log_probs = False  # the ratio is against the sampling policy
+    Options = DDPOOptions
+
+    def __init__(self, options: DDPOOptions, training) -> None:
+        super().__init__(options, training)
+        self.tracker = PerPromptStatTracker(options.buffer_size, options.min_count)
+
+    def prepare(self, feedback: Feedback, generator: torch.Generator) -> Items:
+        trajectories = feedback.trajectories
+        advantages = self.tracker.advantages(trajectories.prompts, feedback.rewards())
+        clip = self.options.adv_clip_max
+        advantages = torch.as_tensor(np.clip(advantages, -clip, clip), dtype=torch.float32)
+        fraction = self.training.timestep_fraction
+        unit, step = trained_steps(
+            feedback.num_samples, trajectories.num_steps, fraction, generator
+        )
+        tensors = {
+            "unit": unit,
+            "step": step,
+            "weight": torch.ones(len(unit)),
+            "old_log_prob": trajectories.log_probs.cpu()[unit, step],
+            "advantage": advantages[unit],
+        }
+        return Items(tensors, num_units=feedback.num_samples)
+
+    def loss(self, items: Items, policy: Policy):
+        log_prob = policy.log_prob(items["unit"], items["step"])
+        device = log_prob.device
+        return ppo_clip_loss(
+            log_prob,
+            items["old_log_prob"].to(device),
+            items["advantage"].to(device),
+            clip_range=self.options.clip_range,
+        )
+
+    def state_dict(self) -> dict:
+        return {"tracker": self.tracker.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.tracker.load_state_dict(state["tracker"])
