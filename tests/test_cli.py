@@ -43,7 +43,7 @@ def test_an_empty_or_truncated_metrics_file_is_an_error_naming_it(
     tmp_path: Path, capsys, text: str
 ) -> None:
     evaluation = tmp_path / "evaluation.csv"
-    row = ("x", "base", 0, 0, 0, "jpeg_compressibility", -0.8, 0.01, 4, -0.81, -0.79)
+    row = ("x", "base", 0, 0, 0, "jpeg_compressibility", -0.8, 0.01, 4, -0.81, -0.79, None)
     pd.DataFrame([row], columns=EVALUATION_COLUMNS).to_csv(evaluation, index=False)
     metrics = tmp_path / "metrics.csv"
     metrics.write_text(text)

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from d3po.config import D3POSpec, DDPOSpec, SamplerSpec, TrainingSpec
+from d3po.config import SamplerSpec, TrainingSpec
+from d3po.methods import method_classes
 from d3po.models import LoraSpec, ModelSpec
 
 REPO = Path(__file__).resolve().parents[1]
@@ -24,8 +25,6 @@ SECTIONS = {
     "lora": LoraSpec,
     "sampler": SamplerSpec,
     "training": TrainingSpec,
-    "d3po": D3POSpec,
-    "ddpo": DDPOSpec,
 }
 JSON_TYPES = {int: {"integer"}, float: {"number"}, str: {"string"}, bool: {"boolean"}}
 
@@ -77,3 +76,14 @@ def test_experiment_overrides_refer_to_every_training_field():
     for name, entry in overrides.items():
         # a reference, not a copy: one description, type and range; no default filled in here
         assert entry == {"$ref": f"#/properties/training/properties/{name}"}, name
+
+
+@pytest.mark.parametrize("name", sorted(method_classes()))
+def test_config_yaml_gives_every_method_option_its_declared_default(name: str):
+    """Method options are declared once, by the method's Options dataclass (the schema leaves
+    them to it); config.yaml shows each with that default, or leaves out a method without any."""
+    declared = {
+        field.name: field.default for field in dataclasses.fields(method_classes()[name].Options)
+    }
+    shown = yaml.safe_load(CONFIG_TEXT)["methods"].get(name)
+    assert shown == (declared or None), name

@@ -130,7 +130,9 @@ def test_a_method_in_one_file_is_picked_up_by_the_workflow(tmp_path):
     returncode, output = dry_run(workdir, config, os.pathsep.join([str(plugins), SOURCE]))
     assert returncode == 0, output
     assert "results/train/compressibility/toy_method/seed0/metrics.csv" in output
-    assert job_counts(output)["train"] == 5  # compressibility 2, safety 2, safety_judged 1
+    counts = job_counts(output)
+    assert counts["train"] == 4  # compressibility 2 (with toy_method), safety 2
+    assert counts["train_round"] == 1  # safety_judged, one round
 
     returncode, output = dry_run(workdir, config)  # without the file: its only change
     assert returncode != 0

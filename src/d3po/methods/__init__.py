@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from d3po.errors import ConfigError
 from d3po.methods.base import Feedback, Items, Method, Policy
 
 if TYPE_CHECKING:
@@ -62,10 +63,10 @@ def _declared_methods(module) -> list[type[Method]]:
 
 
 def method_class(name: str, where: str = "method") -> type[Method]:
-    """The class of method ``name``; ValueError naming ``where`` and the known methods."""
+    """The class of method ``name``; ConfigError naming ``where`` and the known methods."""
     classes = method_classes()
     if name not in classes:
-        raise ValueError(f"{where}: unknown method '{name}'; known methods: {', '.join(classes)}")
+        raise ConfigError(f"{where}: unknown method '{name}'; known methods: {', '.join(classes)}")
     return classes[name]
 
 
@@ -78,7 +79,7 @@ def parse_options(name: str, options: dict[str, Any], where: str) -> Any:
         return parse(options_class, options, where)
     except ValueError as error:
         message = str(error)  # from the Options' own checks: "field: ...", without the prefix
-        raise ValueError(message if message.startswith(where) else f"{where}.{message}") from None
+        raise ConfigError(message if message.startswith(where) else f"{where}.{message}") from None
 
 
 def make_method(settings: TrainSettings) -> Method:
