@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from d3po.errors import InputFileError
+from d3po.errors import InputFileError, MissingFileError, UserError
 from d3po.preferences import judgements_to_pairs, read_judgements
 from d3po.rewards import read_manifest
 from d3po.sampling import Trajectories, load_trajectories
@@ -43,7 +43,14 @@ def load_labelled(samples_dir: Path, judgements_path: Path) -> LabelledSamples:
             f"{samples_dir}: manifest.csv lists {len(ids)} images but trajectories.pt holds "
             f"{len(trajectories.prompts)}; sample the set again with --trajectories"
         )
-    judgements = read_judgements(Path(judgements_path), known_ids=set(ids))
+    if not Path(judgements_path).is_file():
+        raise MissingFileError(f"judgements file not found: {judgements_path}")
+    try:
+        judgements = read_judgements(Path(judgements_path), known_ids=set(ids))
+    except UserError:
+        raise
+    except ValueError as error:  # it names the file, line and field: an error the user fixes
+        raise InputFileError(str(error)) from error
     pairs = torch.as_tensor(judgements_to_pairs(judgements, ids)).long().reshape(-1, 2)
     if len(pairs) == 0:
         raise InputFileError(
