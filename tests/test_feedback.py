@@ -106,6 +106,18 @@ def test_a_set_without_trajectories_says_how_to_make_one(judged_set):
         load_labelled(samples, judgements)
 
 
+def test_a_bad_judgements_file_is_a_user_error_naming_its_line(judged_set, tmp_path):
+    from d3po.errors import UserError
+
+    samples, _ = judged_set
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "a red circle", "a": "0000_00"}\n')
+    with pytest.raises(UserError, match="bad.jsonl"):
+        load_labelled(samples, bad)
+    with pytest.raises(UserError, match="not found"):
+        load_labelled(samples, tmp_path / "absent.jsonl")
+
+
 def test_the_simulated_annotator_writes_judgements_the_judges_agree_with(tmp_path):
     from d3po.feedback import simulate_judgements
     from d3po.judges import toy_safe

@@ -56,6 +56,8 @@ def load_labelled(
     (:func:`check_sampler`).
     """
     ids, trajectories = _judged_set(samples_dir, sampler, reduction)
+    if not Path(judgements_path).is_file():
+        raise MissingFileError(f"judgements file not found: {judgements_path}")
     judgements = read_judgements(Path(judgements_path), manifest=read_manifest(samples_dir))
     pairs = torch.as_tensor(judgements_to_pairs(judgements, ids)).long().reshape(-1, 2)
     if len(pairs) == 0:

@@ -86,7 +86,7 @@ def collect_evaluation(
         missing = [key for key in RUN_KEYS if key not in run]
         if missing:
             raise ConfigError(f"run description for {score_csv} lacks {missing}")
-        scores = pd.read_csv(score_csv)
+        scores = read_table(score_csv, ("id", "proxy", "value"))
         for proxy, values in scores.groupby("proxy", sort=True)["value"]:
             low, high = mean_interval(values.to_numpy())
             summary = {"proxy": proxy, "mean": values.mean(), "std": values.std(ddof=0)}
