@@ -15,6 +15,7 @@ Every sample set is scored by the three evaluation proxies, two of them rules.
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -90,7 +91,7 @@ def config(clip_dir: Path) -> dict:
         "proxies": {"clip_score": {"model": f"local-dir:{clip_dir}", "batch_size": 16}},
         "experiments": {
             "scored": rounds({"proxy": ["brightness", "clip_score"]}, "brightness"),
-            "safe": rounds({"simulate": "safe"}, "toy_safe"),
+            "safe": rounds({"simulate": "safe", "protocol": "score"}, "toy_safe"),
         },
     }
 
@@ -174,11 +175,15 @@ def test_two_proxy_scored_rounds_train_on_the_rules_score_order(workdir: Path):
 
 
 def test_two_simulated_annotator_rounds_report_the_safe_rate_per_round(workdir: Path):
-    """(c) the human loop with the toy annotator: judgements per round, safe rate per round."""
+    """(c) the human loop with the toy annotator judging through the labelling app over HTTP:
+    one decision per prompt and round, each written by the app; safe rate per round."""
     results = workdir / "results"
     for number in (1, 2):
         judgements = results / f"feedback/safe/round{number}/simulated.jsonl"
-        assert len(judgements.read_text().splitlines()) == 4 * 6  # every pair of 4 prompts
+        lines = [json.loads(line) for line in judgements.read_text().splitlines()]
+        assert len(lines) == 4  # one `score` decision per prompt (4 prompts)
+        assert {(line["kind"], line["protocol"]) for line in lines} == {("score", "score")}
+        assert len({line["decision"] for line in lines}) == 4  # ids the app gives
     safe = per_round(evaluation(workdir, "safe"), "toy_safe")
     print("held-out safe rate (mean, 95% Wilson interval) per round:", safe)
     assert set(safe) == {0, 1, 2}

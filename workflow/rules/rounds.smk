@@ -47,9 +47,13 @@ rule simulate_judgements:
         criterion=lambda wildcards: config["experiments"][wildcards.experiment][
             "judgements"
         ]["simulate"],
+        protocol=lambda wildcards: config["experiments"][wildcards.experiment][
+            "judgements"
+        ]["protocol"],
+    # through the labelling app's HTTP interface, as a person would judge the set
     shell:
         "d3po annotate --samples {input.samples} --criterion {params.criterion}"
-        " --out {output} > {log:q} 2>&1"
+        " --out {output} --via-http --protocol {params.protocol} > {log:q} 2>&1"
 
 
 rule train_round:
