@@ -7,6 +7,7 @@ the checks below (fail before any job, naming the field) -> one JSON settings do
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
@@ -22,7 +23,8 @@ RESULTS = config["results_dir"]
 
 
 def registered_proxy_names():
-    """Proxy names `d3po score` knows, or None when the package cannot be imported here."""
+    """Proxy names `d3po score` knows, or None when the package (or torch, which it imports)
+    cannot be imported here; the checks that need the package are then skipped."""
     try:
         from d3po.rewards import proxy_names
     except ImportError as error:
@@ -74,6 +76,9 @@ def check_config(config):
                 f"reward), got {len(experiment['objectives'])}; drop ddpo from "
                 f"experiments.{name}.methods or keep one objective"
             )
+    # without the package here (a warning said so), the checks below cannot run
+    if REGISTERED_PROXIES is None:
+        return
     if config["model"]["source"] == "toy":
         check_toy_prompts()
     from d3po.models import ModelNotFoundError, check_source
@@ -121,8 +126,28 @@ def check_toy_prompts():
                 raise WorkflowError(f"prompts.{name}: {error}") from None
 
 
+def check_d3po_command():
+    """Every job runs `d3po`, found on the PATH it inherits from this shell (Slurm exports the
+    submitting environment): without it each job would fail, said only in its log."""
+    from snakemake_interface_executor_plugins.settings import DeploymentMethod
+
+    deployment = workflow.deployment_settings
+    uses_conda = (
+        deployment is not None
+        and DeploymentMethod.CONDA in deployment.deployment_method
+    )
+    if workflow.dryrun or uses_conda or shutil.which("d3po"):
+        return
+    raise WorkflowError(
+        "`d3po` is not on the PATH, and every job runs it: activate the environment it is "
+        "installed in (source .venv/bin/activate, or conda activate d3po) and run again, or "
+        "run with --sdm conda."
+    )
+
+
 REGISTERED_PROXIES = registered_proxy_names()
 check_config(config)
+check_d3po_command()
 
 
 # ------------------------------------------------------------------------- settings documents
@@ -219,6 +244,26 @@ def run_dir(experiment, method, seed):
 
 def checkpoint_samples_dir(experiment, method, seed, epoch):
     return f"{RESULTS}/samples/{experiment}/{method}/seed{seed}/epoch{epoch}"
+
+
+def checkpoint_sample_dirs(experiment):
+    """{'epochE': sample set folder} of every checkpoint of a run of ``experiment`` (with the
+    method and seed left as wildcards): the outputs of sample_checkpoints_{experiment}.
+    """
+    return {
+        f"epoch{epoch}": directory(
+            checkpoint_samples_dir(experiment, "{method}", "{seed}", epoch)
+        )
+        for epoch in checkpoint_epochs(experiment)
+    }
+
+
+def checkpoint_arguments(wildcards, input, output):
+    """`d3po sample --checkpoint ADAPTER=DIR ...`: each saved adapter and its sample set."""
+    return " ".join(
+        f"{input.checkpoints}/epoch_{int(name.removeprefix('epoch')):04d}={output[name]}"
+        for name in output.keys()
+    )
 
 
 def score_csvs(sample_set):
@@ -329,9 +374,35 @@ def training_launcher(gpus):
     return "d3po"
 
 
-def job_resources(kind, name):
-    """A resource of one kind of job (sample, train, evaluate) from config 'resources'."""
-    return lookup(dpath=f"resources/{kind}/{name}", within=config)
+def job_resources(kind, sample_sets=1):
+    """Cluster resources of one kind of job (sample, train, evaluate, smoke), from the config's
+    `resources:` section: the one place for the amounts. The slurm profile adds only site
+    values (account, partition names and limits, profiles/slurm/partitions.yaml), and the
+    executor picks the partition from these amounts: a job asking for a GPU goes to a
+    partition that has GPUs. A job of ``sample_sets`` sample sets gets that many times the
+    time of one."""
+    amounts = config["resources"][kind]
+    return {
+        "gpu": amounts["gpu"],
+        "runtime": sample_sets * minutes(amounts["runtime"]),
+        "mem_mb": amounts["mem_mb"],
+        "cpus_per_task": amounts["cpus_per_task"],
+    }
+
+
+def job_threads(kind):
+    """Threads of one kind of job: its cpus_per_task, so that torch uses every core asked for
+    (Snakemake exports OMP_NUM_THREADS={threads})."""
+    return config["resources"][kind]["cpus_per_task"]
+
+
+def minutes(runtime):
+    """A runtime of the config (minutes, or a string with a unit such as "8h") in minutes."""
+    if isinstance(runtime, int) or runtime.isdigit():
+        return int(runtime)
+    from humanfriendly import parse_timespan
+
+    return round(parse_timespan(runtime) / 60)
 
 
 # ------------------------------------------------------------------------- wildcards
