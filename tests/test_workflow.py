@@ -221,7 +221,9 @@ def test_paper_config_submits_few_jobs_and_gpu_hours(paper_under_profile: str):
     gpu_jobs = [r for _, r in planned if int(r.get("gpu", 0))]
     gpu_hours = sum(int(r["runtime"]) for r in gpu_jobs) / 60
     cluster_jobs = len([1 for rule, _ in planned if kind_of(rule)]) - 651 + bundles
-    print(f"paper.yaml: {cluster_jobs} cluster jobs ({len(gpu_jobs)} on GPUs), {gpu_hours:.1f}")
+    print(
+        f"paper.yaml: {cluster_jobs} cluster jobs ({len(gpu_jobs)} on GPUs), {gpu_hours:.1f} GPU h"
+    )
     assert len(gpu_jobs) == 18 + 18 + 1  # training runs, their sampling jobs, the base model
     assert gpu_hours < 200, gpu_hours
 
