@@ -34,6 +34,8 @@ rule score_samples:
     threads: job_threads("evaluate")
     resources:
         **job_resources("evaluate"),
+        # one per score job: the profile allows one at a time inside a bundle
+        bundle_slot=1,
     params:
         options=as_json(proxy_options),
     shell:
