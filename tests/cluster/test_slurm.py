@@ -13,6 +13,7 @@ each job in the partition, with the CPUs, memory and time limit, that those amou
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -140,7 +141,11 @@ def cluster_run(slurm, tmp_path_factory) -> tuple[Path, pd.DataFrame, str]:
     )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-20000:]
-    return workdir, sacct(since), output
+    submitted = re.findall(r"submitted with SLURM jobid (\d+)", output)
+    jobs = sacct(since)
+    jobs = jobs[jobs["JobID"].isin(submitted)]
+    assert len(jobs) == len(submitted), (submitted, jobs.to_string())
+    return workdir, jobs, output
 
 
 def test_the_workflow_completes_on_slurm(cluster_run):
@@ -181,7 +186,7 @@ def test_a_requeued_training_job_resumes_and_ends_like_an_uninterrupted_run(
     slurm, tmp_path_factory
 ):
     """`scontrol requeue` mid-run: Slurm restarts the job, which resumes from its state."""
-    training = {"epochs": 12, "checkpoint_every": 1}
+    training = {"epochs": 6, "checkpoint_every": 1}
     requeued = make_workdir(tmp_path_factory.mktemp("requeued"), training)
     since = time.strftime("%Y-%m-%dT%H:%M:%S")
     process = subprocess.Popen(
@@ -193,7 +198,7 @@ def test_a_requeued_training_job_resumes_and_ends_like_an_uninterrupted_run(
         text=True,
     )
     try:
-        job_id = requeue_after(requeued / TRAIN_STATE / "checkpoints/epoch_0002")
+        job_id = requeue_after(requeued / TRAIN_STATE / "latest" / "settings.json")
         output, _ = process.communicate(timeout=1200)
     finally:
         if process.poll() is None:
@@ -222,7 +227,8 @@ def test_a_requeued_training_job_resumes_and_ends_like_an_uninterrupted_run(
 
 
 def requeue_after(checkpoint: Path, timeout: float = 900) -> str:
-    """Wait until the training job has saved ``checkpoint``, requeue it; return its id."""
+    """Wait until the training job has saved its first state (``checkpoint``, the last file
+    of a save to appear), requeue it; return its id."""
     deadline = time.monotonic() + timeout
     while not checkpoint.exists():
         assert time.monotonic() < deadline, f"{checkpoint} did not appear"
