@@ -1,5 +1,7 @@
 # make run | test | lint | dryrun: each sets up .venv (python3 -m venv) on first use and
 # reinstalls the package only when pyproject.toml changes. Rules run in this venv (no --sdm).
+# make test-cluster: starts a real single-node Slurm (root and apt; sudo when not root) and runs
+# the workflow on it through profiles/slurm (tests/cluster), then stops it.
 
 PYTHON ?= python3
 VENV := .venv
@@ -11,13 +13,15 @@ CONFIG ?= config/config.yaml
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 SNAKEMAKE := $(BIN)/snakemake --cores $(CORES) --configfile $(CONFIG) --replace-workflow-config
 
-.PHONY: run test lint dryrun report
+SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
+
+.PHONY: run test test-cluster lint dryrun report
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -e '.[dev]'
+	$(BIN)/python -m pip install -e '.[dev,workflow]'
 	touch $(STAMP)
 
 # `make run` records its config, so that a later `make report` (without CONFIG=) reports on it.
@@ -37,6 +41,11 @@ report: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+test-cluster: $(STAMP)
+	$(SUDO) tests/cluster/start_slurm.sh
+	$(BIN)/python -m pytest -q -s -m cluster tests/cluster; status=$$?; \
+		$(SUDO) tests/cluster/stop_slurm.sh; exit $$status
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -81,10 +81,12 @@ def test_killed_run_resumes_and_ends_like_an_uninterrupted_one(tmp_path):
 
 def test_corrupt_state_is_reported_and_left_alone(tmp_path):
     from d3po.config import TrainSettings, parse
-    from d3po.train import train
+    from d3po.train import Trainer, save_state, train
 
-    settings = parse(TrainSettings, SETTINGS | {"training": SETTINGS["training"] | {"epochs": 1}})
-    train(settings, tmp_path / "run", tmp_path / "state")
+    settings = parse(TrainSettings, SETTINGS)
+    trainer = Trainer(settings)
+    trainer.run_epoch()
+    save_state(trainer, tmp_path / "state")  # a run preempted after its first epoch
     trainer_state = tmp_path / "state" / "latest" / "trainer.pt"
     trainer_state.write_bytes(b"not a torch file")
     with pytest.raises(RuntimeError, match="cannot read the training state"):

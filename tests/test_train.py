@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from d3po.config import SamplerSpec, TrainingSpec, TrainSettings
-from d3po.train import Trainer, train
+from d3po.train import Trainer, save_state, train
 
 PROMPTS = ("a red circle", "a blue square", "a green triangle")
 
@@ -87,24 +87,73 @@ def test_reward_methods_refuse_several_objectives(method):
         replace(settings(method), objectives=("jpeg_compressibility", "jpeg_incompressibility"))
 
 
-def test_resumed_run_matches_the_uninterrupted_one(tmp_path):
+def preempted(run_settings: TrainSettings, state_dir, epochs: int) -> None:
+    """The state a run killed after ``epochs`` epochs leaves behind (nothing published)."""
+    trainer = Trainer(run_settings)
+    for _ in range(epochs):
+        trainer.run_epoch()
+        save_state(trainer, state_dir)  # checkpoint_every is 1
+
+
+def published(run_dir) -> tuple[pd.DataFrame, list[str]]:
+    metrics = pd.read_csv(run_dir / "metrics.csv").drop(columns="seconds")
+    return metrics, sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+
+
+def test_resumed_run_matches_the_uninterrupted_one(tmp_path, capsys):
     full = train(settings(epochs=3), tmp_path / "full", tmp_path / "full-state")
-    train(settings(epochs=2), tmp_path / "part", tmp_path / "part-state")  # "preempted" run
+    preempted(settings(epochs=3), tmp_path / "part-state", epochs=2)
     train(settings(epochs=3), tmp_path / "part", tmp_path / "part-state")  # rerun resumes
-    expected = pd.read_csv(tmp_path / "full" / "metrics.csv").drop(columns="seconds")
-    resumed = pd.read_csv(tmp_path / "part" / "metrics.csv").drop(columns="seconds")
-    pd.testing.assert_frame_equal(resumed, expected)
+    assert "resumed from" in capsys.readouterr().out
+    pd.testing.assert_frame_equal(published(tmp_path / "part")[0], published(tmp_path / "full")[0])
     assert len(full.metrics) == 3
-    checkpoints = sorted(p.name for p in (tmp_path / "part" / "checkpoints").iterdir())
-    assert checkpoints == ["epoch_0001", "epoch_0002", "epoch_0003"]
+    assert published(tmp_path / "part")[1] == ["epoch_0001", "epoch_0002", "epoch_0003"]
+
+
+def test_a_smaller_micro_batch_resumes_the_run(tmp_path, capsys):
+    """Micro-batching is exact, so lowering it (out of GPU memory) keeps the saved state."""
+    preempted(settings(epochs=2), tmp_path / "state", epochs=1)
+    train(settings(epochs=2, micro_batch_size=4), tmp_path / "run", tmp_path / "state")
+    assert "resumed from" in capsys.readouterr().out
 
 
 def test_state_from_other_settings_is_refused_and_kept(tmp_path):
-    train(settings(epochs=1), tmp_path / "run", tmp_path / "state")
+    preempted(settings(epochs=2), tmp_path / "state", epochs=1)
     saved = (tmp_path / "state" / "latest" / "settings.json").read_text()
     with pytest.raises(RuntimeError, match="other settings"):
-        train(settings(epochs=1, learning_rate=5e-4), tmp_path / "run", tmp_path / "state")
+        train(settings(epochs=2, learning_rate=5e-4), tmp_path / "run", tmp_path / "state")
     assert (tmp_path / "state" / "latest" / "settings.json").read_text() == saved
+
+
+def test_a_finished_run_leaves_no_state_behind(tmp_path):
+    """Snakemake reruns a finished run when its settings change: the rerun starts afresh."""
+    train(settings(epochs=1), tmp_path / "run", tmp_path / "state")
+    assert not (tmp_path / "state").exists()
+    train(settings(epochs=1, learning_rate=5e-4), tmp_path / "run", tmp_path / "state")
+    assert published(tmp_path / "run")[1] == ["epoch_0001"]
+
+
+def test_fewer_epochs_publish_the_shorter_run(tmp_path):
+    train(settings(epochs=2), tmp_path / "run", tmp_path / "state")
+    train(settings(epochs=1), tmp_path / "run", tmp_path / "state")
+    metrics, checkpoints = published(tmp_path / "run")
+    assert checkpoints == ["epoch_0001"]
+    assert metrics["epoch"].tolist() == [1]
+
+
+def test_a_state_past_the_asked_epochs_is_refused(tmp_path):
+    preempted(settings(epochs=3), tmp_path / "state", epochs=2)
+    with pytest.raises(RuntimeError, match="past training.epochs=1"):
+        train(settings(epochs=1), tmp_path / "run", tmp_path / "state")
+    assert not (tmp_path / "run" / "metrics.csv").exists()
+
+
+def test_a_truncated_metrics_table_in_the_state_is_refused(tmp_path):
+    preempted(settings(epochs=3), tmp_path / "state", epochs=2)
+    metrics = tmp_path / "state" / "latest" / "metrics.csv"
+    metrics.write_text("\n".join(metrics.read_text().splitlines()[:2]) + "\n")  # header + 1 row
+    with pytest.raises(RuntimeError, match="truncated"):
+        train(settings(epochs=3), tmp_path / "run", tmp_path / "state")
 
 
 def test_mixed_precision_without_cuda_warns_and_runs_in_float32():

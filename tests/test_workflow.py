@@ -24,7 +24,6 @@ WORKFLOW_PARTS = ("Snakefile", "workflow", "config", "profiles")
 EXPECTED_RULES = {
     "sample_baseline",
     "train",
-    "sample_checkpoint",
     "score_samples",
     "collect_evaluation",
     "plot_curves",
@@ -139,24 +138,182 @@ def test_dry_run_of_every_config(workdir: Path, config_file: Path):
     judged = [e for e in config["experiments"].values() if e.get("judgements")]
     simulated = [e for e in judged if e["judgements"].get("simulate")]
     expected = EXPECTED_RULES | ({"sample_round", "train_round"} if judged else set())
+    expected |= {f"sample_checkpoints_{name}" for name in config["experiments"]}
     assert set(counts) == expected | ({"simulate_judgements"} if simulated else set()), counts
     rounds = sum(e["judgements"].get("rounds", 1) for e in judged)
     assert counts.get("sample_round", 0) == rounds
     assert counts.get("train_round", 0) == expected_round_jobs(config)
     assert counts["train"] == expected_train_jobs(config)
+    for name, settings in config["experiments"].items():  # one sampling job per training run
+        runs = len(settings.get("methods", ["d3po", "ddpo"])) * len(settings.get("seeds", [0]))
+        assert counts[f"sample_checkpoints_{name}"] == runs
     assert counts["sample_baseline"] == 1
     assert not (workdir / "results").exists()
 
 
-def test_slurm_profile_dry_run_schedules_training(workdir: Path):
-    config = yaml.safe_load((REPO / "config" / "paper.yaml").read_text())
+# --------------------------------------------------------------------------- the slurm profile
+
+
+def planned_jobs(output: str) -> list[tuple[str, dict[str, str]]]:
+    """(rule, {resource: value}) of every job a dry-run lists, grouped ones included."""
+    jobs = []
+    for block in re.split(r"\n\s*rule ", output)[1:]:
+        rule = block.split(":", 1)[0]
+        line = re.search(r"^\s*resources: (.*)$", block, re.M)
+        pairs = [item.split("=", 1) for item in line[1].split(", ")] if line else []
+        jobs.append((rule, dict(pairs)))
+    return jobs
+
+
+def kind_of(rule: str) -> str | None:
+    """The config `resources:` kind of a rule; None for the rules that run on the login node."""
+    kinds = {"train": "train", "score_samples": "evaluate", "gpu_smoke": "smoke"}
+    return kinds.get(rule, "sample" if rule.startswith("sample_") else None)
+
+
+def minutes(runtime) -> int:
+    units = {"m": 1, "h": 60, "d": 1440}
+    text = str(runtime)
+    return int(text[:-1]) * units[text[-1]] if text[-1] in units else int(text)
+
+
+@pytest.fixture(scope="module")
+def paper_under_profile(tmp_path_factory) -> str:
+    """A dry-run of config/paper.yaml under the slurm profile (about a minute: run once)."""
+    workdir = copy_workflow(tmp_path_factory.mktemp("paper"))
     result = snakemake(
         workdir, "--profile", "profiles/slurm", "--dry-run", "--configfile", "config/paper.yaml"
     )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
-    assert job_counts(output)["train"] == expected_train_jobs(config)
-    assert "slurm_partition=gpu" in output
+    return output
+
+
+def test_slurm_profile_dry_run_schedules_training(paper_under_profile: str):
+    config = yaml.safe_load((REPO / "config" / "paper.yaml").read_text())
+    assert job_counts(paper_under_profile)["train"] == expected_train_jobs(config)
+
+
+def test_every_cluster_job_asks_the_config_amounts(paper_under_profile: str):
+    """The config's `resources:` is the one place for amounts: the profile overrides none."""
+    amounts = yaml.safe_load((REPO / "config" / "paper.yaml").read_text())["resources"]
+    checkpoints = {"compressibility": 8, "incompressibility": 8, "aesthetic": 20}
+    seen = set()
+    for rule, resources in planned_jobs(paper_under_profile):
+        kind = kind_of(rule)
+        if kind is None:
+            continue
+        seen.add(rule)
+        asked = amounts[kind]
+        sets = checkpoints.get(rule.removeprefix("sample_checkpoints_"), 1)
+        assert int(resources["gpu"]) == asked["gpu"], (rule, resources)
+        assert int(resources["mem_mb"]) == asked["mem_mb"], (rule, resources)
+        assert int(resources["cpus_per_task"]) == asked["cpus_per_task"], (rule, resources)
+        assert int(resources["runtime"]) == sets * minutes(asked["runtime"]), (rule, resources)
+        assert "slurm_partition" not in resources, (rule, resources)  # partitions.yaml decides
+    assert {"train", "score_samples", "sample_baseline"} <= seen, seen
+
+
+def test_profile_partitions_send_gpu_jobs_to_the_gpu_partition(paper_under_profile: str):
+    """The executor's own partition choice (--slurm-partition-config) on every planned job."""
+    from types import SimpleNamespace
+
+    from snakemake.iocontainers import ResourceList
+    from snakemake_executor_plugin_slurm.partitions import get_best_partition, read_partition_file
+
+    partitions = read_partition_file(REPO / "profiles" / "slurm" / "partitions.yaml")
+    logger = SimpleNamespace(info=print, debug=print, warning=print)
+    for rule, resources in planned_jobs(paper_under_profile):
+        if kind_of(rule) is None:
+            continue
+        numbers = {
+            key: int(resources[key]) for key in ("gpu", "mem_mb", "runtime", "cpus_per_task")
+        }
+        job = SimpleNamespace(
+            name=rule, threads=numbers["cpus_per_task"], resources=ResourceList(fromdict=numbers)
+        )
+        partition = get_best_partition(partitions, job, logger)
+        assert partition == ("gpu" if numbers["gpu"] else "cpu"), (rule, resources)
+
+
+def test_paper_config_submits_few_jobs_and_gpu_hours(paper_under_profile: str):
+    """All checkpoints of a run in one GPU job; score jobs in bundles of 32 (group `score`)."""
+    counts = job_counts(paper_under_profile)
+    bundles = paper_under_profile.count("Group job score")
+    assert counts["score_samples"] == 651 and bundles == -(-651 // 32), bundles
+    planned = planned_jobs(paper_under_profile)
+    gpu_jobs = [r for _, r in planned if int(r.get("gpu", 0))]
+    gpu_hours = sum(int(r["runtime"]) for r in gpu_jobs) / 60
+    cluster_jobs = len([1 for rule, _ in planned if kind_of(rule)]) - 651 + bundles
+    print(
+        f"paper.yaml: {cluster_jobs} cluster jobs ({len(gpu_jobs)} on GPUs), {gpu_hours:.1f} GPU h"
+    )
+    assert len(gpu_jobs) == 18 + 18 + 1  # training runs, their sampling jobs, the base model
+    assert gpu_hours < 200, gpu_hours
+
+
+def test_gpu_smoke_asks_for_a_gpu_with_the_default_config(workdir: Path):
+    result = snakemake(workdir, "gpu_smoke", "--profile", "profiles/slurm", "--dry-run")
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    [(rule, resources)] = planned_jobs(output)
+    assert rule == "gpu_smoke" and resources["gpu"] == "1", resources
+
+
+def test_threads_follow_cpus_per_task(workdir: Path):
+    """Snakemake exports OMP_NUM_THREADS={threads}: it must be the cores a job asked for."""
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    cpus = {"sample": 3, "train": 4, "evaluate": 2}
+    for kind, count in cpus.items():
+        config["resources"][kind]["cpus_per_task"] = count
+    (workdir / "cpus.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake(
+        workdir, "--dry-run", "--cores", "8", "--configfile", "cpus.yaml",
+        "--replace-workflow-config",
+    )  # fmt: skip
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    for block in re.split(r"\n\s*rule ", output)[1:]:
+        rule = block.split(":", 1)[0]
+        if kind_of(rule) in cpus:
+            assert f"threads: {cpus[kind_of(rule)]}" in block, block
+
+
+def test_a_run_without_d3po_on_the_path_stops_before_any_job(workdir: Path):
+    """Jobs run `d3po`; without it on the PATH every job would fail, said only in its log."""
+    python_only = {"PATH": "/usr/bin:/bin"}
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--cores", "1"],
+        cwd=workdir,
+        env=os.environ | python_only,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert "d3po" in output and "PATH" in output, output
+    assert "Job stats" not in output, output
+
+
+def test_a_dry_run_needs_no_torch(workdir: Path, tmp_path: Path):
+    """The workflow plans without the package's heavy imports (a login node without torch)."""
+    fake = tmp_path / "no-torch" / "torch"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('torch is not installed here')\n")
+    env_path = str(tmp_path / "no-torch") + os.pathsep + os.environ.get("PYTHONPATH", "")
+    bin_dir = str(Path(sys.executable).parent)
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--dry-run", "--cores", "1"],
+        cwd=workdir,
+        env=os.environ | {"PYTHONPATH": env_path, "PATH": bin_dir + os.pathsep + "/usr/bin"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "Job stats" in output and "not checked" in output, output
 
 
 # --------------------------------------------------------------------------- bad configs
@@ -459,6 +616,18 @@ def test_incomplete_judgements_stop_before_training_saying_how_many_prompts_are_
     assert "Job stats" not in output
 
 
+def checkpoint_sample_sets(config: dict) -> int:
+    """Sample sets of every checkpoint of every run (rounds: each round's checkpoints)."""
+    total = 0
+    for experiment in config["experiments"].values():
+        training = config["training"] | experiment.get("training", {})
+        epochs, every = training["epochs"], training["checkpoint_every"]
+        per_round = len(set(range(every, epochs + 1, every)) | {epochs})
+        rounds = (experiment.get("judgements") or {}).get("rounds", 1)
+        total += len(experiment["methods"]) * len(experiment["seeds"]) * per_round * rounds
+    return total
+
+
 def test_users_proxy_rules_score_every_set_and_all_stays_the_default_target(workdir):
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     config["proxy_rules"] = ["workflow/proxies/clip_score.smk"]
@@ -470,7 +639,7 @@ def test_users_proxy_rules_score_every_set_and_all_stays_the_default_target(work
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     counts = job_counts(output)
-    sample_sets = 1 + counts["sample_checkpoint"] + counts["sample_round"]
+    sample_sets = 1 + checkpoint_sample_sets(config) + counts["sample_round"]
     assert counts["clip_score"] == sample_sets  # the evaluation sets and the round's set
     assert counts["score_samples"] == sample_sets - counts["sample_round"]
     assert counts["all"] == 1

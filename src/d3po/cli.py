@@ -1,6 +1,7 @@
 """`d3po <step>`: the commands the workflow rules call (they run without Snakemake too).
 
     d3po sample   --settings JSON --out DIR [--adapter CHECKPOINT]   held-out sample set
+                  --settings JSON --checkpoint ADAPTER=DIR ...        one set per checkpoint
     d3po score    --samples DIR --proxy NAME --out CSV [--options JSON]
     d3po train    --settings JSON --run-dir DIR --state-dir DIR       any method, resumable
                   [--samples DIR --judgements JSONL]                 on human judgements
@@ -56,6 +57,14 @@ def cmd_sample(args: argparse.Namespace) -> None:
     from d3po.evaluate import write_samples
 
     settings = parse(SampleSettings, args.settings)
+    if args.checkpoint:
+        from d3po.evaluate import write_checkpoint_samples
+
+        write_checkpoint_samples(settings, args.checkpoint)
+        print(f"wrote {len(args.checkpoint)} sample sets")
+        return
+    if args.out is None:
+        raise ValueError("d3po sample: give --out DIR, or --checkpoint ADAPTER=DIR ...")
     manifest = write_samples(
         settings, args.out, adapter=args.adapter, keep_trajectories=args.trajectories
     )
@@ -288,8 +297,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     sample = steps.add_parser("sample", help="write a held-out sample set")
     sample.add_argument("--settings", type=_json, required=True)
-    sample.add_argument("--out", type=Path, required=True)
+    sample.add_argument("--out", type=Path)
     sample.add_argument("--adapter", type=Path, help="a LoRA checkpoint folder")
+    sample.add_argument(
+        "--checkpoint",
+        type=_labelled,
+        nargs="+",
+        metavar="ADAPTER=DIR",
+        help="sample several checkpoints with one model load: a sample set DIR per adapter",
+    )
     sample.add_argument(
         "--trajectories", action="store_true", help="also keep every step (to train on judgements)"
     )

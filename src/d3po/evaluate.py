@@ -47,6 +47,30 @@ def write_samples(
     pipe = load_pipeline(settings.model, device)
     if adapter is not None:
         load_lora(pipe, adapter)
+    return _sample_and_write(pipe, settings, out_dir, adapter, keep_trajectories)
+
+
+def write_checkpoint_samples(
+    settings: SampleSettings, checkpoints: list[tuple[Path, Path]], device: str | None = None
+) -> None:
+    """One sample set per (adapter folder, output folder): all checkpoints of a training run
+    in one job, loading the model once (a GPU job per checkpoint spent most of its time
+    starting)."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    pipe = load_pipeline(settings.model, device)
+    for adapter, out_dir in checkpoints:
+        load_lora(pipe, adapter)
+        _sample_and_write(pipe, settings, out_dir, adapter)
+        pipe.unload_lora_weights()
+
+
+def _sample_and_write(
+    pipe,
+    settings: SampleSettings,
+    out_dir: Path,
+    adapter: Path | None,
+    keep_trajectories: bool = False,
+) -> pd.DataFrame:
     prompts = list(settings.prompts)
     seeds = evaluation_seeds(settings.seed, len(prompts))
     parts = []

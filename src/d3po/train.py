@@ -13,6 +13,7 @@ Outputs: ``run_dir/metrics.csv`` and ``run_dir/checkpoints/epoch_NNNN/`` are wri
 run completes. While it runs, everything lives in ``state_dir`` (not a workflow output, so a
 preempted job's rerun finds it): ``checkpoints/``, ``metrics.csv``, and ``latest/`` holding the
 adapter, optimizer, method state and counters, replaced atomically (write, then rename).
+Publishing the outputs clears ``state_dir``: only an unfinished run leaves a state behind.
 """
 
 from __future__ import annotations
@@ -40,6 +41,16 @@ from d3po.feedback import LabelledSamples
 from d3po.methods import Feedback, Items, Policy, make_method, method_classes
 from d3po.models import add_lora, load_lora_state, load_pipeline, reference_policy, save_lora
 from d3po.sampling import Trajectories, sample
+
+# Settings a preempted run may change on resume because they do not change its results: the
+# number of epochs (a longer run continues the shorter one), how many items or images go
+# through the UNet at once (losses are sums, noise is drawn per image), and activation
+# recomputation. Lowering micro_batch_size after running out of GPU memory is the commonest fix.
+RESULT_NEUTRAL = {
+    "training": ("epochs", "micro_batch_size", "gradient_checkpointing"),
+    "sampler": ("batch_size",),
+    "model": ("local_files_only",),
+}
 
 
 class Trainer:
@@ -270,9 +281,12 @@ class Trainer:
         }
 
     def fingerprint(self) -> str:
-        """The settings (and judged pairs) a saved state must match; more epochs may be asked."""
+        """The settings (and judged pairs) that change the results, which a saved state must
+        match; more epochs may be asked, and the memory knobs (RESULT_NEUTRAL) may change."""
         fields = asdict(self.settings)
-        del fields["training"]["epochs"]
+        for section, names in RESULT_NEUTRAL.items():
+            for name in names:
+                del fields[section][name]
         if self.labelled is not None:
             fields["judged_pairs"] = self.labelled.fingerprint()
         if self.init_adapter is not None:
@@ -358,7 +372,10 @@ def train(
     """
     trainer = Trainer(settings, labelled=labelled, init_adapter=init_adapter)
     accelerator = trainer.accelerator
-    resume(trainer, state_dir)
+    resumed = resume(trainer, state_dir)
+    if not resumed and accelerator.is_main_process:  # no adapter of an earlier run may leak in
+        shutil.rmtree(state_dir / "checkpoints", ignore_errors=True)
+    accelerator.wait_for_everyone()
     epochs = settings.training.epochs
     bar = tqdm(
         total=epochs,
@@ -376,7 +393,7 @@ def train(
             accelerator.wait_for_everyone()
     bar.close()
     if accelerator.is_main_process:
-        publish(state_dir, Path(run_dir))
+        publish(state_dir, Path(run_dir), epochs)
     accelerator.wait_for_everyone()
     return trainer
 
@@ -402,13 +419,17 @@ def save_state(trainer: Trainer, state_dir: Path) -> None:
     shutil.rmtree(previous, ignore_errors=True)
 
 
-def resume(trainer: Trainer, state_dir: Path) -> None:
-    """Load ``state_dir/latest`` (or the copy kept while it was being replaced), if any."""
+def resume(trainer: Trainer, state_dir: Path) -> bool:
+    """Load ``state_dir/latest`` (or the copy kept while it was being replaced), if any.
+
+    A state that does not fit this run (other settings, past its last epoch, metrics that do
+    not reach its epoch) is refused with a message and left as it is: it holds GPU hours.
+    """
     for candidate in (state_dir / "latest", state_dir / "latest.old"):
         if (candidate / "trainer.pt").exists():
             break
     else:
-        return
+        return False
     saved = (candidate / "settings.json").read_text()
     if saved != trainer.fingerprint():
         raise StateError(
@@ -418,23 +439,45 @@ def resume(trainer: Trainer, state_dir: Path) -> None:
     try:
         state = torch.load(candidate / "trainer.pt", weights_only=False)
         load_lora_state(trainer.pipe.unet, candidate)
-        trainer.metrics = pd.read_csv(candidate / "metrics.csv").to_dict("records")
+        metrics = pd.read_csv(candidate / "metrics.csv").to_dict("records")
     except Exception as error:  # a corrupt state is reported, never overwritten silently
         raise StateError(
             f"cannot read the training state in {candidate}: {error}. It is left as it is: "
             "move it away to start afresh."
         ) from error
+    check_state(candidate, state["epoch"], metrics, trainer.training.epochs)
+    trainer.metrics = metrics
     trainer.load_state_dict(state)
     print(f"resumed from {candidate} at epoch {trainer.epoch}", flush=True)
+    return True
 
 
-def publish(state_dir: Path, run_dir: Path) -> None:
-    """Copy the finished run's checkpoints and metrics to the workflow outputs."""
+def check_state(folder: Path, epoch: int, metrics: list[dict], epochs: int) -> None:
+    """A state continues this run only with one metrics row per epoch, up to ``epochs``."""
+    if [int(row["epoch"]) for row in metrics] != list(range(1, epoch + 1)):
+        raise StateError(
+            f"{folder}/metrics.csv has rows for epochs "
+            f"{[int(row['epoch']) for row in metrics]} but the state is at epoch {epoch} "
+            "(a truncated or edited file); it is left as it is: move it away to start afresh."
+        )
+    if epoch > epochs:
+        raise StateError(
+            f"{folder} is at epoch {epoch}, past training.epochs={epochs}; it is left as it "
+            f"is. Ask for at least {epoch} epochs to finish it, or move it away to start afresh."
+        )
+
+
+def publish(state_dir: Path, run_dir: Path, epochs: int) -> None:
+    """Copy the finished run's checkpoints and metrics to the workflow outputs, then clear the
+    state: a finished run is its outputs, and a later run (new settings, fewer or more epochs)
+    starts afresh instead of stopping at, or republishing, this one."""
     run_dir.mkdir(parents=True, exist_ok=True)
     checkpoints = sorted((state_dir / "checkpoints").glob("epoch_*"))
+    checkpoints = [c for c in checkpoints if int(c.name.removeprefix("epoch_")) <= epochs]
     target = run_dir / "checkpoints"
     shutil.rmtree(target, ignore_errors=True)
     target.mkdir()
     for checkpoint in checkpoints:
         shutil.copytree(checkpoint, target / checkpoint.name)
     shutil.copy(checkpoints[-1] / "metrics.csv", run_dir / "metrics.csv")
+    shutil.rmtree(state_dir)

@@ -11,6 +11,7 @@ since the names of rule-based proxies come from those rules.
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 
 import yaml
@@ -107,7 +108,8 @@ RESULTS = config["results_dir"]
 
 
 def registered_proxy_names():
-    """Proxy names `d3po score` knows, or None when the package cannot be imported here."""
+    """Proxy names `d3po score` knows, or None when the package (or torch, which it imports)
+    cannot be imported here; the checks that need the package are then skipped."""
     try:
         from d3po.rewards import proxy_names
     except ImportError as error:
@@ -120,9 +122,12 @@ def registered_proxy_names():
 
 
 def registered_methods():
-    """{name: method class} of the d3po.methods package: the one list of methods."""
-    from d3po.methods import method_classes
-
+    """{name: method class} of the d3po.methods package: the one list of methods (None when the
+    package cannot be imported here: registered_proxy_names warned)."""
+    try:
+        from d3po.methods import method_classes
+    except ImportError:
+        return None
     return method_classes()
 
 
@@ -150,6 +155,9 @@ def check_config(config):
             check_judged_experiment(name, experiment)
         else:
             check_online_objectives(name, experiment)
+    # without the package here (a warning said so), the checks below cannot run
+    if REGISTERED_PROXIES is None:
+        return
     if config["model"]["source"] == "toy":
         check_toy_prompts()
     check_model(files=False)
@@ -232,6 +240,8 @@ onstart:
 
 def check_method_options():
     """Each block of config 'methods' names a method and holds only its declared options."""
+    if METHOD_CLASSES is None:
+        return
     from d3po.methods import parse_options
 
     for name, options in config["methods"].items():
@@ -251,6 +261,8 @@ def check_method_name(field, name):
 
 def check_methods(name, experiment):
     """Each method of an experiment is known and can run on its feedback."""
+    if METHOD_CLASSES is None:
+        return
     field = f"experiments.{name}"
     judged = bool(experiment.get("judgements"))
     for method in experiment["methods"]:
@@ -313,6 +325,25 @@ def check_toy_prompts():
                 raise WorkflowError(f"prompts.{name}: {error}") from None
 
 
+def check_d3po_command():
+    """Every job runs `d3po`, found on the PATH it inherits from this shell (Slurm exports the
+    submitting environment): without it each job would fail, said only in its log."""
+    from snakemake_interface_executor_plugins.settings import DeploymentMethod
+
+    deployment = workflow.deployment_settings
+    uses_conda = (
+        deployment is not None
+        and DeploymentMethod.CONDA in deployment.deployment_method
+    )
+    if workflow.dryrun or uses_conda or shutil.which("d3po"):
+        return
+    raise WorkflowError(
+        "`d3po` is not on the PATH, and every job runs it: activate the environment it is "
+        "installed in (source .venv/bin/activate, or conda activate d3po) and run again, or "
+        "run with --sdm conda."
+    )
+
+
 REGISTERED_PROXIES = registered_proxy_names()
 # {name: rule file} of the users' rule-based proxies, filled by proxy_rules.smk
 RULE_PROXIES = {}
@@ -358,6 +389,7 @@ def register_rule_proxies(path, rules):
 
 
 METHOD_CLASSES = registered_methods()
+check_d3po_command()
 
 
 # ------------------------------------------------------------------------- settings documents
@@ -430,6 +462,31 @@ def run_dir(experiment, method, seed):
 
 def checkpoint_samples_dir(experiment, method, seed, epoch):
     return f"{RESULTS}/samples/{experiment}/{method}/seed{seed}/epoch{epoch}"
+
+
+def checkpoint_sample_dirs(experiment):
+    """{'epochE': sample set folder} of every checkpoint of a run of ``experiment`` (with the
+    method and seed left as wildcards): the outputs of sample_checkpoints_{experiment}.
+    """
+    return {
+        f"epoch{epoch}": directory(
+            checkpoint_samples_dir(experiment, "{method}", "{seed}", epoch)
+        )
+        for epoch in checkpoint_epochs(experiment)
+    }
+
+
+def checkpoint_arguments(experiment):
+    """`d3po sample --checkpoint ADAPTER=DIR ...`: each saved adapter and its sample set."""
+
+    def arguments(wildcards, output):
+        return " ".join(
+            f"{checkpoint_adapter(experiment, wildcards.method, wildcards.seed, name.removeprefix('epoch'))}"
+            f"={output[name]}"
+            for name in output.keys()
+        )
+
+    return arguments
 
 
 def score_csvs(sample_set):
@@ -550,9 +607,35 @@ def training_launcher(gpus):
     return "d3po"
 
 
-def job_resources(kind, name):
-    """A resource of one kind of job (sample, train, evaluate) from config 'resources'."""
-    return lookup(dpath=f"resources/{kind}/{name}", within=config)
+def job_resources(kind, sample_sets=1):
+    """Cluster resources of one kind of job (sample, train, evaluate, smoke), from the config's
+    `resources:` section: the one place for the amounts. The slurm profile adds only site
+    values (account, partition names and limits, profiles/slurm/partitions.yaml), and the
+    executor picks the partition from these amounts: a job asking for a GPU goes to a
+    partition that has GPUs. A job of ``sample_sets`` sample sets gets that many times the
+    time of one."""
+    amounts = config["resources"][kind]
+    return {
+        "gpu": amounts["gpu"],
+        "runtime": sample_sets * minutes(amounts["runtime"]),
+        "mem_mb": amounts["mem_mb"],
+        "cpus_per_task": amounts["cpus_per_task"],
+    }
+
+
+def job_threads(kind):
+    """Threads of one kind of job: its cpus_per_task, so that torch uses every core asked for
+    (Snakemake exports OMP_NUM_THREADS={threads})."""
+    return config["resources"][kind]["cpus_per_task"]
+
+
+def minutes(runtime):
+    """A runtime of the config (minutes, or a string with a unit such as "8h") in minutes."""
+    if isinstance(runtime, int) or runtime.isdigit():
+        return int(runtime)
+    from humanfriendly import parse_timespan
+
+    return round(parse_timespan(runtime) / 60)
 
 
 # ------------------------------------------------------------------------- feedback rounds
@@ -585,21 +668,26 @@ def round_of_epoch(experiment, epoch):
     return (int(epoch) - 1) // epochs + 1, (int(epoch) - 1) % epochs + 1
 
 
-def checkpoint_source(wildcards):
-    """The checkpoints folder holding epoch ``wildcards.epoch`` of a run."""
-    experiment, method, seed = wildcards.experiment, wildcards.method, wildcards.seed
+def checkpoint_adapter(experiment, method, seed, epoch):
+    """The saved adapter of checkpoint ``epoch`` of a run; in feedback rounds, epochs count on
+    across rounds and each round saves in its own folder, numbered within the round."""
     if not feedback_rounds(experiment):
-        return f"{run_dir(experiment, method, seed)}/checkpoints"
-    number, _ = round_of_epoch(experiment, wildcards.epoch)
-    return f"{round_run_dir(experiment, method, seed, number)}/checkpoints"
+        return f"{run_dir(experiment, method, seed)}/checkpoints/epoch_{int(epoch):04d}"
+    number, local = round_of_epoch(experiment, epoch)
+    return f"{round_run_dir(experiment, method, seed, number)}/checkpoints/epoch_{local:04d}"
 
 
-def checkpoint_adapter(wildcards, input):
-    """`d3po sample --adapter`: the checkpoint of ``wildcards.epoch`` (numbered in its round)."""
-    epoch = int(wildcards.epoch)
-    if feedback_rounds(wildcards.experiment):
-        epoch = round_of_epoch(wildcards.experiment, epoch)[1]
-    return f"{input.checkpoints}/epoch_{epoch:04d}"
+def checkpoint_folders(experiment):
+    """Input of sample_checkpoints_{experiment}: a run's checkpoints folders (one per round)."""
+
+    def folders(wildcards):
+        adapters = [
+            checkpoint_adapter(experiment, wildcards.method, wildcards.seed, epoch)
+            for epoch in checkpoint_epochs(experiment)
+        ]
+        return sorted({str(Path(adapter).parent) for adapter in adapters})
+
+    return folders
 
 
 def final_adapter(experiment, seed, number):
@@ -724,7 +812,14 @@ def alternatives(names):
 
 wildcard_constraints:
     experiment=alternatives(config["experiments"]),
-    method=alternatives(METHOD_CLASSES),
+    method=alternatives(
+        METHOD_CLASSES
+        or {
+            m
+            for experiment in config["experiments"].values()
+            for m in experiment["methods"]
+        }
+    ),
     seed=r"\d+",
     epoch=r"[1-9]\d*",
     round=r"[1-9]\d*",

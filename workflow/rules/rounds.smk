@@ -19,11 +19,9 @@ rule sample_round:
         f"{RESULTS}/benchmarks/sample_round/{{experiment}}/round{{round}}.tsv"
     conda:
         "../envs/d3po.yaml"
+    threads: job_threads("sample")
     resources:
-        gpu=job_resources("sample", "gpu"),
-        runtime=job_resources("sample", "runtime"),
-        mem_mb=job_resources("sample", "mem_mb"),
-        cpus_per_task=job_resources("sample", "cpus_per_task"),
+        **job_resources("sample"),
     params:
         settings=as_json(judging_sample_settings),
         adapter=round_start_argument("--adapter"),
@@ -70,11 +68,9 @@ rule train_round:
         f"{RESULTS}/benchmarks/train_round/{{experiment}}/{{method}}/seed{{seed}}/round{{round}}.tsv"
     conda:
         "../envs/d3po.yaml"
+    threads: job_threads("train")
     resources:
-        gpu=job_resources("train", "gpu"),
-        runtime=job_resources("train", "runtime"),
-        mem_mb=job_resources("train", "mem_mb"),
-        cpus_per_task=job_resources("train", "cpus_per_task"),
+        **job_resources("train"),
     params:
         settings=as_json(train_settings),
         run_dir=lambda wildcards: round_run_dir(

@@ -10,38 +10,39 @@ rule sample_baseline:
         f"{RESULTS}/benchmarks/sample_baseline.tsv"
     conda:
         "../envs/d3po.yaml"
+    threads: job_threads("sample")
     resources:
-        gpu=job_resources("sample", "gpu"),
-        runtime=job_resources("sample", "runtime"),
-        mem_mb=job_resources("sample", "mem_mb"),
-        cpus_per_task=job_resources("sample", "cpus_per_task"),
+        **job_resources("sample"),
     params:
         settings=as_json(sample_settings),
     shell:
         "d3po sample --settings {params.settings:q} --out {output.dir} > {log:q} 2>&1"
 
 
-rule sample_checkpoint:
-    input:
-        checkpoints=checkpoint_source,
-    output:
-        dir=directory(
-            f"{RESULTS}/samples/{{experiment}}/{{method}}/seed{{seed}}/epoch{{epoch}}"
-        ),
-    log:
-        f"{RESULTS}/logs/sample_checkpoint/{{experiment}}/{{method}}/seed{{seed}}/epoch{{epoch}}.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/sample_checkpoint/{{experiment}}/{{method}}/seed{{seed}}/epoch{{epoch}}.tsv"
-    conda:
-        "../envs/d3po.yaml"
-    resources:
-        gpu=job_resources("sample", "gpu"),
-        runtime=job_resources("sample", "runtime"),
-        mem_mb=job_resources("sample", "mem_mb"),
-        cpus_per_task=job_resources("sample", "cpus_per_task"),
-    params:
-        settings=as_json(sample_settings),
-        adapter=checkpoint_adapter,
-    shell:
-        "d3po sample --settings {params.settings:q} --out {output.dir}"
-        " --adapter {params.adapter:q} > {log:q} 2>&1"
+# All checkpoints of one training run in one job (one model load, one GPU allocation), written
+# as one sample set per checkpoint. Its outputs depend on the experiment's checkpoint epochs,
+# so there is one rule per experiment: sample_checkpoints_{experiment}.
+for experiment in config["experiments"]:
+
+    rule:
+        name:
+            f"sample_checkpoints_{experiment}"
+        input:
+            checkpoint_folders(experiment),
+        output:
+            **checkpoint_sample_dirs(experiment),
+        log:
+            f"{RESULTS}/logs/sample_checkpoints/{experiment}/{{method}}/seed{{seed}}.log",
+        benchmark:
+            f"{RESULTS}/benchmarks/sample_checkpoints/{experiment}/{{method}}/seed{{seed}}.tsv"
+        conda:
+            "../envs/d3po.yaml"
+        threads: job_threads("sample")
+        resources:
+            **job_resources("sample", sample_sets=len(checkpoint_epochs(experiment))),
+        params:
+            settings=as_json(sample_settings),
+            checkpoints=checkpoint_arguments(experiment),
+        shell:
+            "d3po sample --settings {params.settings:q} --checkpoint {params.checkpoints}"
+            " > {log:q} 2>&1"

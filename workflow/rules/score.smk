@@ -14,13 +14,16 @@ rule score_samples:
         f"{RESULTS}/logs/score_samples/{{sample_set}}/{{proxy}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/score_samples/{{sample_set}}/{{proxy}}.tsv"
+    # Seconds to minutes per table: the slurm profile bundles them (group-components: score).
+    group:
+        "score"
     conda:
         "../envs/d3po.yaml"
+    threads: job_threads("evaluate")
     resources:
-        gpu=job_resources("evaluate", "gpu"),
-        runtime=job_resources("evaluate", "runtime"),
-        mem_mb=job_resources("evaluate", "mem_mb"),
-        cpus_per_task=job_resources("evaluate", "cpus_per_task"),
+        **job_resources("evaluate"),
+        # one per score job: the profile allows one at a time inside a bundle
+        bundle_slot=1,
     params:
         options=as_json(proxy_options),
     shell:

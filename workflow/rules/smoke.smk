@@ -1,5 +1,6 @@
 # Check a partition before a long run: `snakemake gpu_smoke --profile profiles/slurm` prints what
-# a training job sees (devices, torch and CUDA versions, a tiny forward pass) to the output.
+# a GPU job sees (devices, torch and CUDA versions, a tiny forward pass) to the output. It asks
+# for config resources.smoke (one GPU by default, whatever the other kinds ask).
 
 
 rule gpu_smoke:
@@ -11,10 +12,8 @@ rule gpu_smoke:
         f"{RESULTS}/benchmarks/gpu_smoke.tsv"
     conda:
         "../envs/d3po.yaml"
+    threads: job_threads("smoke")
     resources:
-        gpu=job_resources("train", "gpu"),
-        runtime=10,
-        mem_mb=job_resources("train", "mem_mb"),
-        cpus_per_task=job_resources("train", "cpus_per_task"),
+        **job_resources("smoke"),
     shell:
         "d3po gpu-smoke > {output:q} 2> {log:q}"

@@ -2,6 +2,8 @@
 #
 # The resume state lives in results/state/..., which is not a declared output: Snakemake never
 # deletes it, so a run killed by the cluster (preemption, time limit) resumes where it stopped.
+# A finished run clears its state when it publishes its outputs, so a rerun with new settings
+# starts afresh.
 
 
 rule train:
@@ -16,11 +18,9 @@ rule train:
         f"{RESULTS}/benchmarks/train/{{experiment}}/{{method}}/seed{{seed}}.tsv"
     conda:
         "../envs/d3po.yaml"
+    threads: job_threads("train")
     resources:
-        gpu=job_resources("train", "gpu"),
-        runtime=job_resources("train", "runtime"),
-        mem_mb=job_resources("train", "mem_mb"),
-        cpus_per_task=job_resources("train", "cpus_per_task"),
+        **job_resources("train"),
     params:
         settings=as_json(train_settings),
         run_dir=lambda wildcards: run_dir(
