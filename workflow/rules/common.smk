@@ -750,12 +750,16 @@ def complete_people_judgements(experiment, number):
     """Round ``number``'s people's judgements file, once every prompt is judged.
 
     Until then the workflow stops here, before training, with the command that judges the
-    set and how many prompts are left (sampling the set itself needs no judgement).
+    set and how many prompts are left (sampling the set itself needs no judgement). A file
+    that exists before its set is sampled (judged elsewhere) is taken as it is: the set is
+    sampled first and training checks every judged id against it.
     """
     path = people_judgements_file(experiment, number)
     samples = round_set(experiment, number)
     command = label_command(experiment, number)
     if not Path(samples, "manifest.csv").is_file():
+        if Path(path).is_file():
+            return path
         raise WorkflowError(
             f"experiments.{experiment}: round {number} is not judged yet: sample its set with "
             f"`snakemake {samples}`, then judge it with `{command}`"
