@@ -381,6 +381,11 @@ def several_seeds_in_several_rounds(config):
     config["experiments"]["safety_judged"]["seeds"] = [0, 1]
 
 
+def several_methods_in_several_rounds(config):
+    config["experiments"]["safety_judged"]["judgements"]["rounds"] = 2
+    config["experiments"]["safety_judged"]["methods"] = ["d3po", "preferred_image"]
+
+
 def prompt_outside_the_toy_world(config):
     config["prompts"]["shapes"].append("a magenta circle")
 
@@ -432,6 +437,7 @@ BAD_CONFIGS = {
     ],
     one_file_for_several_rounds: ["judgements.file", "{round}", "rounds: 2"],
     several_seeds_in_several_rounds: ["experiments.safety_judged.seeds", "seeds: [0]"],
+    several_methods_in_several_rounds: ["experiments.safety_judged.methods", "methods: [d3po]"],
 }
 
 

@@ -311,6 +311,12 @@ def check_judged_experiment(name, experiment):
             f"{field}.seeds: round 2 samples from round 1's adapter, one per seed; "
             f"with rounds: {rounds} train one seed (seeds: [{experiment['seeds'][0]}])"
         )
+    if rounds > 1 and len(experiment["methods"]) != 1:
+        raise WorkflowError(
+            f"{field}.methods: round 2 samples from round 1's adapter, which one method "
+            f"trained; with rounds: {rounds} train one method "
+            f"(methods: [{experiment['methods'][0]}])"
+        )
 
 
 def check_toy_prompts():
@@ -690,10 +696,17 @@ def checkpoint_folders(experiment):
     return folders
 
 
+def round_method(experiment):
+    """The method whose adapter samples the next round (the config check allows one method
+    when there are several rounds)."""
+    return config["experiments"][experiment]["methods"][0]
+
+
 def final_adapter(experiment, seed, number):
     """The last checkpoint of round ``number`` (what round ``number`` + 1 starts from)."""
     epochs = experiment_training(experiment)["epochs"]
-    return f"{round_run_dir(experiment, 'd3po', seed, number)}/checkpoints/epoch_{epochs:04d}"
+    method = round_method(experiment)
+    return f"{round_run_dir(experiment, method, seed, number)}/checkpoints/epoch_{epochs:04d}"
 
 
 def round_start(wildcards):
@@ -704,7 +717,8 @@ def round_start(wildcards):
     seed = wildcards.get(
         "seed", config["experiments"][wildcards.experiment]["seeds"][0]
     )
-    folder = round_run_dir(wildcards.experiment, "d3po", seed, number - 1)
+    method = round_method(wildcards.experiment)
+    folder = round_run_dir(wildcards.experiment, method, seed, number - 1)
     return {"previous": f"{folder}/checkpoints"}
 
 
