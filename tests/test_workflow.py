@@ -128,6 +128,15 @@ def test_lint_is_clean(workdir: Path):
     assert "Lints for" not in output, output
 
 
+def test_the_rules_conda_environment_installs_the_checkout_by_its_absolute_path(workdir: Path):
+    """--conda-prefix moves the environment files: a relative `-e ../..` would point elsewhere."""
+    result = dry_run(workdir, "config/config.yaml")
+    assert result.returncode == 0, result.stdout + result.stderr
+    environment = yaml.safe_load((workdir / ".snakemake/d3po-env/d3po.yaml").read_text())
+    (pip,) = [entry["pip"] for entry in environment["dependencies"] if isinstance(entry, dict)]
+    assert pip == ["-e " + str(workdir.resolve())]
+
+
 @pytest.mark.parametrize("config_file", CONFIGS, ids=[path.name for path in CONFIGS])
 def test_dry_run_of_every_config(workdir: Path, config_file: Path):
     config = yaml.safe_load(config_file.read_text())

@@ -104,6 +104,25 @@ validate(config, "../schemas/config.schema.yaml")  # fills in the defaults
 RESULTS = config["results_dir"]
 
 
+def job_environment():
+    """The conda environment file the d3po rules run in (with --sdm conda), holding the package
+    of this checkout, installed by its absolute path. A relative `-e ../..` in a static file
+    breaks under --conda-prefix (Snakemake resolves it from where it puts the file), so the
+    file is written from workflow/envs/d3po.yaml into .snakemake/ with the path filled in.
+    """
+    checkout = Path(workflow.basedir).resolve()
+    template = (checkout / "workflow" / "envs" / "d3po.yaml").read_text()
+    text = template.replace("-e ../..", f"-e {checkout}")
+    target = Path(".snakemake", "d3po-env", "d3po.yaml").resolve()
+    if not target.is_file() or target.read_text() != text:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+    return str(target)
+
+
+JOB_ENV = job_environment()
+
+
 # ------------------------------------------------------------------------- config checks
 
 

@@ -16,7 +16,7 @@ rule collect_evaluation:
     benchmark:
         f"{RESULTS}/benchmarks/collect_evaluation/{{experiment}}.tsv"
     conda:
-        "../envs/d3po.yaml"
+        JOB_ENV
     params:
         runs=as_json(lambda wildcards: evaluation_runs(wildcards.experiment)),
     shell:

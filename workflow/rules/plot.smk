@@ -23,7 +23,7 @@ rule plot_curves:
     benchmark:
         f"{RESULTS}/benchmarks/plot_curves/{{experiment}}.tsv"
     conda:
-        "../envs/d3po.yaml"
+        JOB_ENV
     params:
         metrics=labelled(training_metrics),
         objective=lambda wildcards: headline_objectives()[wildcards.experiment],
@@ -48,7 +48,7 @@ rule plot_samples:
     benchmark:
         f"{RESULTS}/benchmarks/plot_samples/{{experiment}}.tsv"
     conda:
-        "../envs/d3po.yaml"
+        JOB_ENV
     params:
         after=labelled(final_samples),
     shell:
@@ -76,7 +76,7 @@ rule results_table:
     benchmark:
         f"{RESULTS}/benchmarks/results_table.tsv"
     conda:
-        "../envs/d3po.yaml"
+        JOB_ENV
     params:
         paper=json.dumps(config["paper"], separators=(",", ":")),
         objectives=json.dumps(headline_objectives(), separators=(",", ":")),

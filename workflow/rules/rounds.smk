@@ -18,7 +18,7 @@ rule sample_round:
     benchmark:
         f"{RESULTS}/benchmarks/sample_round/{{experiment}}/round{{round}}.tsv"
     conda:
-        "../envs/d3po.yaml"
+        JOB_ENV
     threads: job_threads("sample")
     resources:
         **job_resources("sample"),
@@ -40,7 +40,7 @@ rule simulate_judgements:
     benchmark:
         f"{RESULTS}/benchmarks/simulate_judgements/{{experiment}}/round{{round}}.tsv"
     conda:
-        "../envs/d3po.yaml"
+        JOB_ENV
     params:
         criterion=lambda wildcards: config["experiments"][wildcards.experiment][
             "judgements"
@@ -67,7 +67,7 @@ rule train_round:
     benchmark:
         f"{RESULTS}/benchmarks/train_round/{{experiment}}/{{method}}/seed{{seed}}/round{{round}}.tsv"
     conda:
-        "../envs/d3po.yaml"
+        JOB_ENV
     threads: job_threads("train")
     resources:
         **job_resources("train"),

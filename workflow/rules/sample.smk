@@ -9,7 +9,7 @@ rule sample_baseline:
     benchmark:
         f"{RESULTS}/benchmarks/sample_baseline.tsv"
     conda:
-        "../envs/d3po.yaml"
+        JOB_ENV
     threads: job_threads("sample")
     resources:
         **job_resources("sample"),
@@ -36,7 +36,7 @@ for experiment in config["experiments"]:
         benchmark:
             f"{RESULTS}/benchmarks/sample_checkpoints/{experiment}/{{method}}/seed{{seed}}.tsv"
         conda:
-            "../envs/d3po.yaml"
+            JOB_ENV
         threads: job_threads("sample")
         resources:
             **job_resources("sample", sample_sets=len(checkpoint_epochs(experiment))),

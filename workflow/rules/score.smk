@@ -18,7 +18,7 @@ rule score_samples:
     group:
         "score"
     conda:
-        "../envs/d3po.yaml"
+        JOB_ENV
     threads: job_threads("evaluate")
     resources:
         **job_resources("evaluate"),

@@ -11,7 +11,7 @@ rule gpu_smoke:
     benchmark:
         f"{RESULTS}/benchmarks/gpu_smoke.tsv"
     conda:
-        "../envs/d3po.yaml"
+        JOB_ENV
     threads: job_threads("smoke")
     resources:
         **job_resources("smoke"),

@@ -17,7 +17,7 @@ rule train:
     benchmark:
         f"{RESULTS}/benchmarks/train/{{experiment}}/{{method}}/seed{{seed}}.tsv"
     conda:
-        "../envs/d3po.yaml"
+        JOB_ENV
     threads: job_threads("train")
     resources:
         **job_resources("train"),
