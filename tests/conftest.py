@@ -34,6 +34,15 @@ def sampler() -> SamplerSpec:
     return SamplerSpec(num_steps=4, eta=1.0, guidance_scale=3.0, batch_size=16)
 
 
+#: A tiny random open_clip model's configuration (open_clip's `model_cfg`): real CLIP weights
+#: cannot be downloaded here.
+TINY_CLIP_MODEL_CONFIG = {
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+
+
 @pytest.fixture(scope="session")
 def tiny_clip_dir(tmp_path_factory):
     """A tiny random open_clip model saved as an open_clip folder (config + weights), the form
@@ -42,23 +51,7 @@ def tiny_clip_dir(tmp_path_factory):
 
     import open_clip
 
-    config = {
-        "embed_dim": 16,
-        "vision_cfg": {
-            "image_size": 32,
-            "layers": 1,
-            "width": 32,
-            "patch_size": 8,
-            "head_width": 16,
-        },
-        "text_cfg": {
-            "context_length": 77,
-            "vocab_size": 49408,
-            "width": 32,
-            "heads": 2,
-            "layers": 1,
-        },
-    }
+    config = TINY_CLIP_MODEL_CONFIG
     torch.manual_seed(0)
     model = open_clip.model.CLIP(**config)
     folder = tmp_path_factory.mktemp("tiny_clip")

@@ -11,31 +11,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import TINY_CLIP_MODEL_CONFIG
 from PIL import Image
 
 from d3po import rewards
 from d3po.errors import ConfigError
 
-TINY_CLIP_CONFIG = {
-    "model_cfg": {
-        "embed_dim": 16,
-        "vision_cfg": {
-            "image_size": 32,
-            "layers": 1,
-            "width": 32,
-            "head_width": 16,
-            "patch_size": 8,
-        },
-        "text_cfg": {
-            "context_length": 77,
-            "vocab_size": 49408,
-            "width": 32,
-            "heads": 2,
-            "layers": 1,
-        },
-    },
-    "preprocess_cfg": {},
-}
+TINY_CLIP_CONFIG = {"model_cfg": TINY_CLIP_MODEL_CONFIG, "preprocess_cfg": {}}
 
 
 def _smooth_and_noise(size: int = 64) -> torch.Tensor:
