@@ -84,7 +84,7 @@ AccountingStorageTRES=gres/gpu
 AccountingStoreFlags=job_comment
 GresTypes=gpu
 NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$MEMORY_MB Gres=gpu:1 State=UNKNOWN
-PartitionName=cpu Nodes=$NODE Default=YES MaxTime=2:00:00 State=UP
+PartitionName=cpu Nodes=$NODE Default=YES MaxTime=8:00:00 State=UP
 PartitionName=gpu Nodes=$NODE MaxTime=24:00:00 State=UP
 EOF
 	cat >/etc/slurm/gres.conf <<EOF
