@@ -136,7 +136,7 @@ def test_a_method_in_one_file_is_picked_up_by_the_workflow(tmp_path):
 
     returncode, output = dry_run(workdir, config)  # without the file: its only change
     assert returncode != 0
-    assert "unknown method 'toy_method'" in output
+    assert "experiments.compressibility.methods[1] = 'toy_method': unknown method" in output
 
 
 @pytest.mark.parametrize(
@@ -166,7 +166,7 @@ def test_the_config_check_accepts_each_method_only_where_it_can_run(
     [
         ({"d3po": {"beta": -0.1}}, ["methods.d3po.beta: must be > 0"]),
         ({"dpok": {"kl": 0.1}}, ["methods.dpok: unknown key(s) ['kl']", "kl_weight"]),
-        ({"ppo": {}}, ["methods: unknown method 'ppo'", "dpok"]),
+        ({"ppo": {}}, ["methods.ppo = 'ppo': unknown method", "dpok"]),
     ],
 )
 def test_method_options_are_checked_before_any_job(tmp_path, options, needles):

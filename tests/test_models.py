@@ -196,6 +196,7 @@ def test_hub_id_not_in_the_cache_is_found_before_loading(monkeypatch, tmp_path):
     import huggingface_hub.constants
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # online: only local_files_only refuses
     with pytest.raises(ModelNotFoundError, match="not in the local HF cache") as raised:
         check_model_files("someone/not-downloaded", local_files_only=True)
     assert "someone/not-downloaded" in str(raised.value) and "\n" not in str(raised.value)

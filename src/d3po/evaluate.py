@@ -82,7 +82,7 @@ def _sample_and_write(
     trajectories = concatenate(parts)
     extra = {"trajectories.pt": trajectories} if keep_trajectories else {}
     record = sampler_record(settings, adapter)
-    return _write_sample_set(
+    return write_sample_set(
         trajectories.images, prompts, seeds, settings.images_per_prompt, out_dir, extra, record
     )
 
@@ -101,7 +101,7 @@ def sampler_record(settings: SampleSettings, adapter: Path | None) -> dict:
     }
 
 
-def _write_sample_set(
+def write_sample_set(
     images: torch.Tensor,
     prompts: list[str],
     seeds: list[int],

@@ -264,17 +264,19 @@ def check_method_options():
     from d3po.methods import parse_options
 
     for name, options in config["methods"].items():
-        check_method_name("methods", name)
+        check_method_name(["methods", name], name)
         try:
             parse_options(name, options, f"methods.{name}")
         except ValueError as error:
             raise WorkflowError(str(error)) from None
 
 
-def check_method_name(field, name):
+def check_method_name(keys, name):
+    """A method the package registers; else one line: config file and line, field, value."""
     if name not in METHOD_CLASSES:
         raise WorkflowError(
-            f"{field}: unknown method '{name}'; known methods: {', '.join(METHOD_CLASSES)}"
+            f"{config_location(keys)}: {field_name(keys)} = {name!r}: unknown method; "
+            f"known methods: {', '.join(METHOD_CLASSES)}"
         )
 
 
@@ -284,8 +286,8 @@ def check_methods(name, experiment):
         return
     field = f"experiments.{name}"
     judged = bool(experiment.get("judgements"))
-    for method in experiment["methods"]:
-        check_method_name(f"{field}.methods", method)
+    for index, method in enumerate(experiment["methods"]):
+        check_method_name(["experiments", name, "methods", index], method)
         declared = METHOD_CLASSES[method]
         if judged and not declared.accepts_judgements:
             accepting = [n for n, c in METHOD_CLASSES.items() if c.accepts_judgements]
