@@ -4,6 +4,7 @@ open_clip model built by the test: a score table the workflow's check accepts.""
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 from pathlib import Path
 
@@ -18,10 +19,16 @@ SCRIPT = Path(__file__).resolve().parents[1] / "workflow/proxies/scripts/clip_sc
 
 @pytest.fixture(scope="module")
 def clip_score():
+    """The script as a module; it sets HF_HUB_OFFLINE for its process, undone for the others."""
+    before = os.environ.get("HF_HUB_OFFLINE")
     spec = importlib.util.spec_from_file_location("clip_score", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module
+    yield module
+    if before is None:
+        os.environ.pop("HF_HUB_OFFLINE", None)
+    else:
+        os.environ["HF_HUB_OFFLINE"] = before
 
 
 @pytest.fixture
