@@ -218,15 +218,21 @@ def toy_aligned(images: torch.Tensor, prompts: list[str]) -> np.ndarray:
 CRITERIA = {"undistorted": toy_undistorted, "safe": toy_safe, "aligned": toy_aligned}
 
 
+def criterion_judge(criterion: str):
+    """The judge of a simulated annotator's criterion ('safe' or 'toy_safe', ...)."""
+    name = criterion.removeprefix("toy_")
+    if name not in CRITERIA:
+        raise ConfigError(f"unknown criterion '{criterion}'; known: {', '.join(CRITERIA)}")
+    return CRITERIA[name]
+
+
 def simulated_annotator(
     images_a: torch.Tensor, images_b: torch.Tensor, prompts: list[str], criterion: str
 ) -> np.ndarray:
     """A rater who prefers, per pair, the image the judge scores higher: (B,) 'a'|'b'|'tie'."""
-    name = criterion.removeprefix("toy_")
-    if name not in CRITERIA:
-        raise ConfigError(f"unknown criterion '{criterion}'; known: {', '.join(CRITERIA)}")
-    score_a = CRITERIA[name](images_a, prompts)
-    score_b = CRITERIA[name](images_b, prompts)
+    judge = criterion_judge(criterion)
+    score_a = judge(images_a, prompts)
+    score_b = judge(images_b, prompts)
     return np.where(score_a > score_b, "a", np.where(score_b > score_a, "b", "tie"))
 
 

@@ -17,18 +17,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from d3po.errors import ConfigError
 from d3po.labelling.app import create_app
 from d3po.labelling.server import running
-
-
-def _criterion(name: str):
-    from d3po.judges import CRITERIA
-
-    key = name.removeprefix("toy_")
-    if key not in CRITERIA:
-        raise ConfigError(f"unknown criterion '{name}'; known: {', '.join(CRITERIA)}")
-    return CRITERIA[key]
 
 
 def _image(client: httpx.Client, url: str) -> torch.Tensor:
@@ -57,7 +47,9 @@ def annotate_via_http(
     protocol: str = "score",
 ) -> int:
     """Judge every task of the set over HTTP; returns the number of decisions sent."""
-    judge = _criterion(criterion)
+    from d3po.judges import criterion_judge
+
+    judge = criterion_judge(criterion)
     app = create_app(samples_dir, out, protocol=protocol, annotators_per_prompt=1)
     decisions = 0
     with running(app) as url, httpx.Client(base_url=url, timeout=60) as client:
