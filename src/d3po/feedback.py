@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from d3po.config import SamplerSpec
@@ -55,10 +56,10 @@ def load_labelled(
     With ``sampler`` (and ``reduction``), the set must have been sampled by that sampler
     (:func:`check_sampler`).
     """
-    ids, trajectories = _judged_set(samples_dir, sampler, reduction)
+    manifest, ids, trajectories = _judged_set(samples_dir, sampler, reduction)
     if not Path(judgements_path).is_file():
         raise MissingFileError(f"judgements file not found: {judgements_path}")
-    judgements = read_judgements(Path(judgements_path), manifest=read_manifest(samples_dir))
+    judgements = read_judgements(Path(judgements_path), manifest=manifest)
     pairs = torch.as_tensor(judgements_to_pairs(judgements, ids)).long().reshape(-1, 2)
     if len(pairs) == 0:
         raise InputFileError(
@@ -82,7 +83,7 @@ def load_scored(
     """
     if not score_tables:
         raise InputFileError("a proxy-scored round needs at least one score table")
-    ids, trajectories = _judged_set(samples_dir, sampler, reduction)
+    _, ids, trajectories = _judged_set(samples_dir, sampler, reduction)
     columns = []
     for proxy, path in score_tables:
         table = read_scores(Path(path), proxy, ids).set_index("id")
@@ -98,8 +99,9 @@ def load_scored(
 
 def _judged_set(
     samples_dir: Path, sampler: SamplerSpec | None, reduction: str | None
-) -> tuple[list[str], Trajectories]:
-    """The set's image ids (manifest order) and trajectories, checked against each other."""
+) -> tuple[pd.DataFrame, list[str], Trajectories]:
+    """The set's manifest, image ids (manifest order) and trajectories, checked against each
+    other."""
     manifest = read_manifest(samples_dir)
     ids = [str(i) for i in manifest["id"]]
     if sampler is not None:
@@ -110,7 +112,7 @@ def _judged_set(
             f"{samples_dir}: manifest.csv lists {len(ids)} images but trajectories.pt holds "
             f"{len(trajectories.prompts)}; sample the set again with --trajectories"
         )
-    return ids, trajectories
+    return manifest, ids, trajectories
 
 
 def check_sampler(samples_dir: Path, sampler: SamplerSpec, reduction: str | None = None) -> None:
