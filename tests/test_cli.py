@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from d3po import cli, rewards
-from d3po.plots import EVALUATION_COLUMNS
+from d3po.tables import EVALUATION_COLUMNS
 
 
 def test_a_user_error_is_one_line_without_traceback(tmp_path: Path, capsys) -> None:
@@ -44,7 +44,7 @@ def test_an_empty_or_truncated_metrics_file_is_an_error_naming_it(
 ) -> None:
     evaluation = tmp_path / "evaluation.csv"
     row = ("x", "base", 0, 0, 0, "jpeg_compressibility", -0.8, 0.01, 4, -0.81, -0.79, None)
-    pd.DataFrame([row], columns=EVALUATION_COLUMNS).to_csv(evaluation, index=False)
+    pd.DataFrame([row], columns=EVALUATION_COLUMNS[: len(row)]).to_csv(evaluation, index=False)
     metrics = tmp_path / "metrics.csv"
     metrics.write_text(text)
     with pytest.raises(SystemExit):

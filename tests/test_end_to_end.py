@@ -34,6 +34,11 @@ EVALUATION_COLUMNS = [
     "ci_low",
     "ci_high",
     "round",
+    "delta",
+    "delta_se",
+    "p_value",
+    "test",
+    "blank",
 ]
 
 
@@ -131,6 +136,10 @@ def test_evaluation_table_covers_base_and_every_checkpoint(results: Path):
     assert (evaluation["n"] > 0).all()
     # samples_seen = epoch * prompts_per_epoch * images_per_prompt = epoch * 2 * 2
     assert (evaluation["samples_seen"] == evaluation["epoch"] * 4).all()
+    # every checkpoint is sampled on the base model's noise: each is compared pair by pair
+    checkpoints = evaluation[evaluation["method"] != "base"]
+    assert checkpoints["test"].eq("paired-t").all() and checkpoints["delta_se"].notna().all()
+    assert evaluation["blank"].notna().all()  # both JPEG proxies declare a blank floor
 
 
 def test_plots_and_results_table(results: Path):
@@ -178,4 +187,4 @@ def test_the_report_shows_the_results_table_and_what_the_run_was(results: Path):
     assert "Fine-tuning of" in page and "tiny-random" in page
     assert "results_table.html" in page  # shown inline, not only as a CSV to download
     table = (results / "results_table.html").read_text()
-    assert "<table>" in table and "compressibility" in table
+    assert "<table" in table and "compressibility" in table

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from d3po import plots
+from d3po import plots, tables
 
 
 def _write_scores(path: Path, values: dict[str, list[float]]) -> Path:
@@ -30,9 +30,9 @@ def test_collect_evaluation_means_over_images(tmp_path: Path) -> None:
         {"experiment": "jpeg", "method": "d3po", "seed": 1, "epoch": 5, "samples_seen": 80},
     ]
     out_csv = tmp_path / "out" / "evaluation.csv"
-    plots.collect_evaluation([first, second], runs, out_csv)
+    tables.collect_evaluation([first, second], runs, out_csv)
     table = pd.read_csv(out_csv)
-    assert list(table.columns) == plots.EVALUATION_COLUMNS
+    assert list(table.columns) == tables.EVALUATION_COLUMNS
     row = table[(table["method"] == "base") & (table["proxy"] == "jpeg")].iloc[0]
     assert row["mean"] == pytest.approx(3.0)
     assert row["std"] == pytest.approx(np.std([1.0, 2.0, 6.0]))
@@ -42,6 +42,12 @@ def test_collect_evaluation_means_over_images(tmp_path: Path) -> None:
     row = table[table["method"] == "d3po"].iloc[0]
     assert (row["mean"], row["n"], row["samples_seen"]) == (pytest.approx(6.0), 2, 80)
     assert len(table) == 3
+
+
+def _markdown_rows(markdown: str) -> list[list[str]]:
+    """The cells of the Markdown table's lines (to_markdown pads them), header first."""
+    lines = [line for line in markdown.splitlines() if line.startswith("|")]
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
 
 
 def _evaluation_table() -> pd.DataFrame:
@@ -55,7 +61,7 @@ def _evaluation_table() -> pd.DataFrame:
                     value = base + seed + gain * epoch
                     run = ("jpeg", method, seed, epoch, 16 * epoch)
                     rows.append((*run, proxy, value, 0.5, 4, value - 1.0, value + 1.0, None))
-    return pd.DataFrame(rows, columns=plots.EVALUATION_COLUMNS)
+    return pd.DataFrame(rows, columns=tables.EVALUATION_COLUMNS[:12])
 
 
 def _rounds_table() -> pd.DataFrame:
@@ -64,13 +70,13 @@ def _rounds_table() -> pd.DataFrame:
     for epoch, value in ((1, 0.55), (2, 0.6), (3, 0.7), (4, 0.8)):
         run = ("hands", "d3po", 0, epoch, 8 * epoch)
         rows.append((*run, "safe", value, 0.5, 8, value - 0.1, value + 0.1, (epoch + 1) // 2))
-    return pd.DataFrame(rows, columns=plots.EVALUATION_COLUMNS)
+    return pd.DataFrame(rows, columns=tables.EVALUATION_COLUMNS[:12])
 
 
 def test_results_table_has_a_row_per_feedback_round(tmp_path: Path) -> None:
     evaluation = tmp_path / "evaluation.csv"
     _rounds_table().to_csv(evaluation, index=False)
-    summary = plots.results_table([evaluation], tmp_path / "r.csv", tmp_path / "r.md")
+    summary = tables.results_table([evaluation], tmp_path / "r.csv", tmp_path / "r.md")
     ends = dict(zip(summary["method"], summary["end_mean"], strict=True))
     assert ends == {"d3po round 1": pytest.approx(0.6), "d3po round 2": pytest.approx(0.8)}
     assert (summary["start_mean"] == 0.5).all()
@@ -121,7 +127,7 @@ def test_results_table_start_end_over_seeds(tmp_path: Path) -> None:
     evaluation = tmp_path / "evaluation.csv"
     _evaluation_table().to_csv(evaluation, index=False)
     paper = {"jpeg": {"base": 107.0, "d3po": 285.0}}
-    summary = plots.results_table([evaluation], tmp_path / "r.csv", tmp_path / "r.md", paper)
+    summary = tables.results_table([evaluation], tmp_path / "r.csv", tmp_path / "r.md", paper)
     written = pd.read_csv(tmp_path / "r.csv")
     assert len(written) == len(summary) == 4  # 2 methods x 2 proxies
     row = written[(written["method"] == "d3po") & (written["proxy"] == "jpeg")].iloc[0]
@@ -135,9 +141,12 @@ def test_results_table_start_end_over_seeds(tmp_path: Path) -> None:
     assert np.isnan(row["paper"])
     first_rows = written.groupby("method").head(1)
     assert set(first_rows["proxy"]) == {"jpeg"}  # the objective comes first
-    markdown = (tmp_path / "r.md").read_text()
-    assert markdown.startswith("| objective | method | proxy |")
-    assert "| jpeg | d3po | **jpeg** | 10.5 ± 0.5 | 16.5 ± 0.5 | 2 | 107 | 285 |" in markdown
+    rows = _markdown_rows((tmp_path / "r.md").read_text())
+    assert rows[0][:3] == ["objective", "method", "proxy"]
+    columns = ["objective", "method", "proxy", "start (base)", "end", "seeds", "paper start"]
+    shown = [dict(zip(rows[0], row, strict=True)) for row in rows[2:]]
+    expected = ["jpeg", "d3po", "**jpeg**", "10.5 ± 0.5", "16.5 ± 0.5", "2", "107"]
+    assert [shown[0][column] for column in columns] + [shown[0]["paper end"]] == [*expected, "285"]
 
 
 def _one_seed_table(experiment: str = "compressibility") -> pd.DataFrame:
@@ -151,7 +160,7 @@ def _one_seed_table(experiment: str = "compressibility") -> pd.DataFrame:
             value = base + 0.01 * epoch
             run = (experiment, "d3po", 0, epoch, 32 * epoch)
             rows.append((*run, proxy, value, 0.1, 72, value - 0.03, value + 0.05, None))
-    return pd.DataFrame(rows, columns=plots.EVALUATION_COLUMNS)
+    return pd.DataFrame(rows, columns=tables.EVALUATION_COLUMNS[:12])
 
 
 def test_curves_show_units_the_95_percent_intervals_and_the_experiment(tmp_path: Path) -> None:
@@ -185,13 +194,86 @@ def test_a_judged_run_draws_no_empty_training_panel(tmp_path: Path) -> None:
     )
     figure = plots.curves_figure(evaluation, {"d3po": metrics}, objective="toy_safe")
     titles = [axis.get_title() for axis in figure.axes if axis.get_visible()]
-    assert titles == ["held-out jpeg_compressibility", "held-out toy_safe"]
+    assert titles == ["held-out toy_safe", "held-out jpeg_compressibility"]  # objective first
 
 
 def test_results_table_of_one_seed_shows_no_zero_spread(tmp_path: Path) -> None:
     evaluation = tmp_path / "evaluation.csv"
     _one_seed_table().to_csv(evaluation, index=False)
-    plots.results_table([evaluation], tmp_path / "r.csv", tmp_path / "r.md")
+    tables.results_table([evaluation], tmp_path / "r.csv", tmp_path / "r.md")
+    rows = _markdown_rows((tmp_path / "r.md").read_text())
+    assert not any("±" in cell for row in rows for cell in row)
+    assert rows[2][:5] == ["compressibility", "d3po", "jpeg_compressibility", "-0.8", "-0.72"]
+    assert rows[2][rows[0].index("seeds")] == "1"
+
+
+def _sample_set(folder: Path, seeds: list[int]) -> Path:
+    """A sample set of white 16x16 PNGs (manifest + images), ids s0, s1, ..."""
+    folder.mkdir(parents=True)
+    rows = []
+    for i, seed in enumerate(seeds):
+        Image.new("RGB", (16, 16), "white").save(folder / f"s{i}.png")
+        rows.append({"id": f"s{i}", "prompt": "a red circle", "group": i, "seed": seed})
+    pd.DataFrame(rows).assign(path=[f"s{i}.png" for i in range(len(seeds))]).to_csv(
+        folder / "manifest.csv", index=False
+    )
+    return folder
+
+
+def test_checkpoints_are_compared_with_the_base_model_image_by_image(tmp_path: Path) -> None:
+    base_values = [-0.80, -0.82, -0.79, -0.81, -0.80, -0.83]
+    after_values = [value + 0.01 for value in base_values]  # every image 10 bytes smaller
+    after_values[0] += 0.004
+    sets = {}
+    for name, seeds in (("base", range(6)), ("d3po", range(6)), ("other", range(10, 16))):
+        sets[name] = _sample_set(tmp_path / name, list(seeds))
+    scores = {
+        "base": _write_scores(tmp_path / "base.csv", {"jpeg_compressibility": base_values}),
+        "d3po": _write_scores(tmp_path / "d3po.csv", {"jpeg_compressibility": after_values}),
+        "other": _write_scores(tmp_path / "other.csv", {"jpeg_compressibility": after_values}),
+    }
+    runs = [
+        {"experiment": "c", "method": method, "seed": 0, "epoch": epoch, "samples_seen": epoch}
+        | {"samples": str(sets[name])}
+        for name, method, epoch in (("base", "base", 0), ("d3po", "d3po", 4), ("other", "x", 4))
+    ]
+    table = tables.collect_evaluation(list(scores.values()), runs, tmp_path / "evaluation.csv")
+    row = table[table["method"] == "d3po"].iloc[0]
+    differences = np.array(after_values) - np.array(base_values)
+    assert row["delta"] == pytest.approx(differences.mean())
+    assert row["delta_se"] == pytest.approx(differences.std(ddof=1) / np.sqrt(6))
+    assert row["test"] == "paired-t" and row["p_value"] < 1e-4
+    assert row["blank"] == pytest.approx(-0.631)  # a white 16x16 JPEG at quality 95
+    assert np.isnan(table[table["method"] == "x"].iloc[0]["delta"])  # other noise: no pairs
+    assert np.isnan(table[table["method"] == "base"].iloc[0]["delta"])
+
+
+def test_the_results_table_reports_the_paired_change_and_the_content_change(tmp_path) -> None:
+    rows = []
+    for seed, delta in ((0, 0.05), (1, 0.07), (2, 0.06)):
+        run = ("c", "d3po", seed, 8, 64, "jpeg_compressibility", -0.75, 0.01, 96, -0.76, -0.74)
+        rows.append((*run, None, delta, 0.01, 0.001 * (seed + 1), "paired-t", -0.631))
+        safe = 0.9 if seed else 0.5  # seed 0 loses safe images at epoch 8, significantly
+        for epoch, p_value in ((4, 0.5), (8, 0.01)):
+            run = ("c", "d3po", seed, epoch, 8 * epoch, "toy_safe", safe, 0.3, 96, 0.0, 1.0, None)
+            rows.append((*run, safe - 0.8, 0.04, p_value if seed == 0 else 0.5, "mcnemar", None))
+    rows.append(("c", "base", 0, 0, 0, "jpeg_compressibility", -0.811, 0.01, 96, -0.82, -0.8))
+    rows[-1] = (*rows[-1], None, None, None, None, None, -0.631)
+    rows.append(("c", "base", 0, 0, 0, "toy_safe", 0.8, 0.4, 96, 0.7, 0.9, *[None] * 6))
+    evaluation = tmp_path / "evaluation.csv"
+    pd.DataFrame(rows, columns=tables.EVALUATION_COLUMNS).to_csv(evaluation, index=False)
+    objectives = {"c": "jpeg_compressibility"}
+    summary = tables.results_table(
+        [evaluation], tmp_path / "r.csv", tmp_path / "r.md", None, objectives
+    )
+    row = summary[summary["proxy"] == "jpeg_compressibility"].iloc[0]
+    assert row["delta"] == pytest.approx(0.06)
+    assert row["delta_se"] == pytest.approx(np.std([0.05, 0.07, 0.06], ddof=1) / np.sqrt(3))
+    assert row["content_change"] == pytest.approx(0.06 / (-0.811 + 0.631))  # -33 % of content
+    assert row["p_values"] == "0.001 0.002 0.003"
     markdown = (tmp_path / "r.md").read_text()
-    assert "±" not in markdown
-    assert "| compressibility | d3po | jpeg_compressibility | -0.8 | -0.72 | 1 |" in markdown
+    shown = dict(zip(_markdown_rows(markdown)[0], _markdown_rows(markdown)[2], strict=True))
+    assert shown["content change"] == "-33 %"
+    assert shown["change, same noise"] == "0.06 ± 0.0058"
+    effects = tables.side_effects(tables.read_evaluations(evaluation), objectives)
+    assert effects["toy_safe"].tolist()[0] == 8 and effects["toy_safe"].isna().sum() == 2

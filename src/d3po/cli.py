@@ -174,17 +174,15 @@ def cmd_label_benchmark(args: argparse.Namespace) -> None:
 
 
 def cmd_collect(args: argparse.Namespace) -> None:
-    from d3po.plots import collect_evaluation
     from d3po.scores import check_run_scores
+    from d3po.tables import collect_evaluation
 
     runs = args.runs
     for run in runs:
         check_run_scores(run)
     score_csvs = [Path(csv) for run in runs for csv in run["scores"]]
     descriptions = [
-        {k: v for k, v in run.items() if k not in ("scores", "samples")}
-        for run in runs
-        for _ in run["scores"]
+        {k: v for k, v in run.items() if k != "scores"} for run in runs for _ in run["scores"]
     ]
     collect_evaluation(score_csvs, descriptions, args.out)
 
@@ -203,7 +201,7 @@ def cmd_plot_samples(args: argparse.Namespace) -> None:
 
 
 def cmd_table(args: argparse.Namespace) -> None:
-    from d3po.plots import results_table
+    from d3po.tables import results_table
 
     summary = results_table(
         args.evaluation,

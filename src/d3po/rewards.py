@@ -70,6 +70,9 @@ class Proxy:
     options: dict[str, ProxyOption]
     unit: str
     """Unit of the values, for plot axes ('kB'); empty for a pure number."""
+    blank_floor: bool = False
+    """No image content takes the value below a blank image's (a JPEG's header): tables show
+    changes relative to the value above it."""
 
 
 _REGISTRY: dict[str, Proxy] = {}
@@ -87,9 +90,9 @@ AESTHETIC_HEAD_URL = "https://github.com/christophschuhmann/improved-aesthetic-p
 # ---------------------------------------------------------------------------------------------
 
 
-def register(name: str, unit: str = "") -> Callable[[ProxyFn], ProxyFn]:
+def register(name: str, unit: str = "", blank_floor: bool = False) -> Callable[[ProxyFn], ProxyFn]:
     """Decorator: register ``fn`` as the proxy ``name`` (names must be unique), whose values
-    are in ``unit`` (shown on plot axes).
+    are in ``unit`` (shown on plot axes); ``blank_floor``: see ``Proxy``.
 
     ``fn(images, prompts, *, option=default, ...)``: every parameter after the first two is an
     option, with a type hint and a default; ``**kwargs`` is refused, so that a misspelt option
@@ -99,7 +102,7 @@ def register(name: str, unit: str = "") -> Callable[[ProxyFn], ProxyFn]:
     def decorator(fn: ProxyFn) -> ProxyFn:
         if name in _REGISTRY and _REGISTRY[name].fn is not fn:
             raise ValueError(f"proxy {name!r} is already registered")
-        _REGISTRY[name] = Proxy(fn, _declared_options(name, fn), unit)
+        _REGISTRY[name] = Proxy(fn, _declared_options(name, fn), unit, blank_floor)
         return fn
 
     return decorator
@@ -158,6 +161,16 @@ def proxy_unit(name: str) -> str:
     """The unit proxy ``name`` declared; '' for a pure number or a proxy not registered here."""
     _load_plugins()
     return _REGISTRY[name].unit if name in _REGISTRY else ""
+
+
+def blank_image_value(name: str, like: Path, options: dict[str, Any] | None = None) -> float | None:
+    """Proxy ``name`` of a blank (white) image of the size of the image file ``like``, for a
+    proxy with a blank floor; None for any other (or one not registered here)."""
+    _load_plugins()
+    if name not in _REGISTRY or not _REGISTRY[name].blank_floor:
+        return None
+    width, height = Image.open(like).size
+    return float(score(name, torch.ones(1, 3, height, width), [""], options)[0])
 
 
 def proxy_options(name: str) -> dict[str, ProxyOption]:
@@ -221,7 +234,7 @@ def jpeg_kilobytes(image: np.ndarray, quality: int = 95) -> float:
     return buffer.tell() / 1000
 
 
-@register("jpeg_incompressibility", unit="kB")
+@register("jpeg_incompressibility", unit="kB", blank_floor=True)
 def jpeg_incompressibility(
     images: torch.Tensor, prompts: list[str], quality: int = 95
 ) -> np.ndarray:
@@ -229,7 +242,7 @@ def jpeg_incompressibility(
     return np.array([jpeg_kilobytes(image, quality) for image in to_uint8(images)], np.float64)
 
 
-@register("jpeg_compressibility", unit="kB")
+@register("jpeg_compressibility", unit="kB", blank_floor=True)
 def jpeg_compressibility(images: torch.Tensor, prompts: list[str], quality: int = 95) -> np.ndarray:
     """Negative JPEG size in kB (1 kB = 1000 bytes) at quality 95: smaller files score higher."""
     return -jpeg_incompressibility(images, prompts, quality=quality)
