@@ -136,11 +136,7 @@ def _loss(pipe, noise_scheduler, spec: PretrainSpec, step: int, generator) -> to
     )  # (B, 3, H, W) in [-1, 1]
     drop = torch.rand(len(prompts), generator=generator) < spec.prompt_dropout
     prompts = ["" if d else p for p, d in zip(prompts, drop.tolist(), strict=True)]
-    tokens = pipe.tokenizer(
-        prompts, padding="max_length", max_length=pipe.tokenizer.model_max_length,
-        truncation=True, return_tensors="pt",
-    )  # fmt: skip
-    embeds = pipe.text_encoder(tokens.input_ids)[0]  # (B, L, D)
+    embeds, _ = pipe.encode_prompt(prompts, pipe.text_encoder.device, 1, False)  # (B, L, D)
     noise = torch.randn(images.shape, generator=generator)
     t = torch.randint(
         0, noise_scheduler.config.num_train_timesteps, (len(images),), generator=generator
