@@ -172,7 +172,7 @@ def evaluate(pipe, images_per_prompt: int = 8, seed: int = 10_000, guidance_scal
 
     prompts = [p for p in PROMPTS for _ in range(images_per_prompt)]
     seeds = [seed + i for i in range(len(prompts))]
-    spec = SamplerSpec(num_steps=20, eta=1.0, guidance_scale=guidance_scale, batch_size=64)
+    spec = SamplerSpec(num_steps=20, eta=1.0, guidance_scale=guidance_scale, images_per_call=64)
     images = sample(pipe, prompts, 1, seeds, spec).images  # (N, 3, H, W) in [0, 1]
     verdicts = judge(images, prompts)
     return {name: rate_with_ci(flags) for name, flags in verdicts.items()}, images, prompts

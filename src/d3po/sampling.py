@@ -232,10 +232,10 @@ def sample(
 
 
 def _batched_step(pipe, latents, t, prompt_embeds, negative_embeds, spec, generators, reduction):
-    """One DDIM step for all images, in UNet calls of ``spec.batch_size`` images."""
+    """One DDIM step for all images, in UNet calls of ``spec.images_per_call`` images."""
     outputs = []
-    for start in range(0, latents.shape[0], spec.batch_size):
-        chunk = slice(start, start + spec.batch_size)
+    for start in range(0, latents.shape[0], spec.images_per_call):
+        chunk = slice(start, start + spec.images_per_call)
         x = latents[chunk]
         timestep = t.repeat(x.shape[0])
         noise_pred = guided_noise_prediction(
