@@ -31,7 +31,7 @@ def fresh_pipe():
 
 @pytest.fixture
 def sampler() -> SamplerSpec:
-    return SamplerSpec(num_steps=4, eta=1.0, guidance_scale=3.0, batch_size=16)
+    return SamplerSpec(num_steps=4, eta=1.0, guidance_scale=3.0, images_per_call=16)
 
 
 #: A tiny random open_clip model's configuration (open_clip's `model_cfg`): real CLIP weights

@@ -13,7 +13,7 @@ from d3po.models import ModelSpec
 from d3po.preferences import append_judgement
 from d3po.train import Trainer, train
 
-SAMPLER = SamplerSpec(num_steps=3, eta=1.0, guidance_scale=2.0, batch_size=16)
+SAMPLER = SamplerSpec(num_steps=3, eta=1.0, guidance_scale=2.0, images_per_call=16)
 PROMPTS = ("a red circle", "a blue square")
 
 
@@ -48,7 +48,9 @@ def settings(method="d3po", epochs=3) -> TrainSettings:
         prompts=PROMPTS,
         objectives=("jpeg_compressibility",),
         sampler=SAMPLER,
-        training=TrainingSpec(epochs=epochs, checkpoint_every=1, batch_size=4, learning_rate=3e-3),
+        training=TrainingSpec(
+            epochs=epochs, checkpoint_every=1, units_per_step=4, learning_rate=3e-3
+        ),
     )
 
 
@@ -150,12 +152,12 @@ def test_the_simulated_annotator_writes_judgements_the_judges_agree_with(tmp_pat
 
 def test_a_set_sampled_with_another_sampler_is_refused(judged_set):
     samples, judgements = judged_set
-    other = SamplerSpec(num_steps=3, eta=1.0, guidance_scale=5.0, batch_size=16)
+    other = SamplerSpec(num_steps=3, eta=1.0, guidance_scale=5.0, images_per_call=16)
     with pytest.raises(
         ValueError, match=r"sampler\.json: .*guidance_scale=2\.0 but training uses 5\.0"
     ):
         load_labelled(samples, judgements, sampler=other)
-    load_labelled(samples, judgements, sampler=SAMPLER)  # the same sampler (batch size aside)
+    load_labelled(samples, judgements, sampler=SAMPLER)  # the same sampler (images_per_call aside)
     (samples / "sampler.json").unlink()
     with pytest.raises(FileNotFoundError, match="sampler.json is missing"):
         load_labelled(samples, judgements, sampler=SAMPLER)

@@ -70,7 +70,7 @@ def test_one_step_moves_the_objective_of_each_method_the_right_way(method):
     """One small Adam step over all of an epoch's items raises what the method is for: D3PO's
     preference margin, the advantage-weighted log-prob of DDPO and DPOK (whose KL term is zero
     at the start), the denoising methods' fit to their samples."""
-    trainer = Trainer(settings(method, batch_size=100, learning_rate=1e-4))
+    trainer = Trainer(settings(method, units_per_step=100, learning_rate=1e-4))
     trajectories = trainer.collect(1)
     feedback = Feedback(trajectories, trainer.score(trajectories))
     generator = torch.Generator().manual_seed(0)

@@ -17,13 +17,13 @@ SETTINGS = {
     "method": "ddpo",
     "prompts": ["a red circle", "a blue square"],
     "objectives": ["jpeg_incompressibility"],
-    "sampler": {"num_steps": 3, "eta": 1.0, "guidance_scale": 2.0, "batch_size": 8},
+    "sampler": {"num_steps": 3, "eta": 1.0, "guidance_scale": 2.0, "images_per_call": 8},
     "training": {
         "epochs": 5,
         "checkpoint_every": 1,
         "prompts_per_epoch": 2,
         "images_per_prompt": 2,
-        "batch_size": 2,
+        "units_per_step": 2,
         "learning_rate": 1e-3,
     },
     "method_options": {"buffer_size": 4, "min_count": 2},  # buffers matter after resume

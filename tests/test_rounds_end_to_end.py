@@ -73,11 +73,11 @@ def config(clip_dir: Path) -> dict:
 
     return {
         "model": {"source": "toy"},
-        "sampler": {"num_steps": 10, "eta": 1.0, "guidance_scale": 3.0, "batch_size": 32},
+        "sampler": {"num_steps": 10, "eta": 1.0, "guidance_scale": 3.0, "images_per_call": 32},
         "training": {
             "epochs": EPOCHS,
             "checkpoint_every": EPOCHS,
-            "batch_size": 4,
+            "units_per_step": 4,
             "micro_batch_size": 64,
             "learning_rate": 1.0e-3,
         },

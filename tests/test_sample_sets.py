@@ -12,7 +12,7 @@ from d3po.models import ModelSpec
 from d3po.train import train
 
 PROMPTS = ("a red circle", "a blue square")
-SAMPLER = SamplerSpec(num_steps=3, eta=1.0, guidance_scale=2.0, batch_size=16)
+SAMPLER = SamplerSpec(num_steps=3, eta=1.0, guidance_scale=2.0, images_per_call=16)
 
 
 def pixels(sample_set) -> list[np.ndarray]:

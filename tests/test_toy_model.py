@@ -25,7 +25,7 @@ def test_toy_model_is_the_world_model(toy_pipe):
 
 def test_toy_samples_have_the_prompt_colour(toy_pipe):
     prompts = list(PROMPTS)  # 24 prompts, one image each, seeds the pretraining never saw
-    spec = SamplerSpec(num_steps=20, eta=1.0, guidance_scale=4.0, batch_size=24)
+    spec = SamplerSpec(num_steps=20, eta=1.0, guidance_scale=4.0, images_per_call=24)
     images = sample(toy_pipe, prompts, 1, list(range(500, 524)), spec).images
     verdicts = judge(images, prompts)
     assert verdicts["colour_correct"].mean() >= 0.9

@@ -20,14 +20,14 @@ def settings(method="d3po", **training) -> TrainSettings:
         method=method,
         prompts=PROMPTS,
         objectives=("jpeg_compressibility",),
-        sampler=SamplerSpec(num_steps=3, eta=1.0, guidance_scale=2.0, batch_size=16),
+        sampler=SamplerSpec(num_steps=3, eta=1.0, guidance_scale=2.0, images_per_call=16),
         training=TrainingSpec(
             **{
                 "epochs": 2,
                 "checkpoint_every": 1,
                 "prompts_per_epoch": 2,
                 "images_per_prompt": 3,
-                "batch_size": 2,
+                "units_per_step": 2,
                 "micro_batch_size": 64,
                 "learning_rate": 1e-3,
             }
@@ -49,7 +49,7 @@ def test_micro_batching_is_exact(method):
     """
     changes = []
     for micro_batch_size in (64, 5):
-        trainer = Trainer(settings(method, micro_batch_size=micro_batch_size, batch_size=100))
+        trainer = Trainer(settings(method, micro_batch_size=micro_batch_size, units_per_step=100))
         trainer.optimizer = torch.optim.SGD(trainer.parameters, lr=1.0)
         before = lora_weights(trainer)
         trainer.run_epoch()

@@ -420,6 +420,14 @@ def misspelt_field(config):
     config["lora"]["rnak"] = 8
 
 
+def renamed_sampler_field(config):
+    config["sampler"]["batch_size"] = config["sampler"].pop("images_per_call")
+
+
+def renamed_training_override(config):
+    config["experiments"]["compressibility"]["training"] = {"batch_size": 2}
+
+
 def mistyped_field(config):
     config["training"]["epochs"] = "ten"
 
@@ -434,6 +442,16 @@ BAD_CONFIGS = {
     unknown_method: ["bad.yaml line", "experiments.compressibility.methods[1] = 'ppo'", "ddpo"],
     empty_prompt_list: ["bad.yaml line", "prompts.shapes = []", "non-empty"],
     misspelt_field: ["bad.yaml line", ": lora.rnak = 8", "allowed fields: alpha, rank"],
+    renamed_sampler_field: [
+        "bad.yaml line",
+        ": sampler.batch_size = 32",
+        "(renamed to images_per_call)",
+    ],
+    renamed_training_override: [
+        "bad.yaml line",
+        "experiments.compressibility.training.batch_size = 2",
+        "(renamed to units_per_step)",
+    ],
     mistyped_field: ["bad.yaml line", "training.epochs = 'ten'", "integer"],
     misspelt_proxy_option: ["bad.yaml line", ": proxies.jpeg_compressibility", "'qualty'"],
     mistyped_proxy_option: ["proxies.jpeg_incompressibility.quality", "expected int", "'high'"],

@@ -53,11 +53,11 @@ def benchmark_settings(args: argparse.Namespace) -> TrainSettings:
         prompts=("a photo of a cat", "a photo of a dog", "a red circle", "a blue square"),
         objectives=("jpeg_compressibility",),
         model=ModelSpec(source=args.model, dtype=dtype),
-        sampler=SamplerSpec(num_steps=args.steps, batch_size=args.sample_batch),
+        sampler=SamplerSpec(num_steps=args.steps, images_per_call=args.sample_batch),
         training=TrainingSpec(
             prompts_per_epoch=args.prompts,
             images_per_prompt=args.images_per_prompt,
-            batch_size=1,  # one pair per optimizer step, as in the paper
+            units_per_step=1,  # one pair per optimizer step, as in the paper
             micro_batch_size=args.micro_batch,
             mixed_precision=args.precision,
             gradient_checkpointing=args.gradient_checkpointing,

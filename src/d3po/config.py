@@ -36,8 +36,9 @@ class SamplerSpec:
     """DDIM noise scale; must be > 0 for the step to have a log-probability."""
     guidance_scale: float = 5.0
     """Classifier-free guidance weight (1 = no guidance)."""
-    batch_size: int = 32
-    """Images per UNet call while sampling (each image is two UNet items with guidance)."""
+    images_per_call: int = 32
+    """Images per UNet call while sampling (each image is two UNet items with guidance); a
+    memory knob only: noise is drawn per image, so it does not change the samples."""
 
 
 @dataclass(frozen=True)
@@ -51,8 +52,8 @@ class TrainingSpec:
     """Prompts drawn (with replacement) per epoch."""
     images_per_prompt: int = 2
     """K images per prompt from one initial noise; D3PO gets K(K-1)/2 pairs per prompt."""
-    batch_size: int = 1
-    """Units per optimizer step: preference pairs (D3PO) or samples (DDPO)."""
+    units_per_step: int = 1
+    """Units per optimizer step; a unit is a preference pair (D3PO) or a sample (DDPO)."""
     micro_batch_size: int = 32
     """(unit, timestep) items per forward/backward; the loss is a sum, so this is exact."""
     timestep_fraction: float = 1.0

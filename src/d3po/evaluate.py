@@ -74,8 +74,8 @@ def _sample_and_write(
     prompts = list(settings.prompts)
     seeds = evaluation_seeds(settings.seed, len(prompts))
     parts = []
-    for start in range(0, len(prompts), settings.sampler.batch_size):
-        batch = slice(start, start + settings.sampler.batch_size)
+    for start in range(0, len(prompts), settings.sampler.images_per_call):
+        batch = slice(start, start + settings.sampler.images_per_call)
         parts.append(
             sample(pipe, prompts[batch], settings.images_per_prompt, seeds[batch], settings.sampler)
         )

@@ -136,11 +136,7 @@ def _loss(pipe, noise_scheduler, spec: PretrainSpec, step: int, generator) -> to
     )  # (B, 3, H, W) in [-1, 1]
     drop = torch.rand(len(prompts), generator=generator) < spec.prompt_dropout
     prompts = ["" if d else p for p, d in zip(prompts, drop.tolist(), strict=True)]
-    tokens = pipe.tokenizer(
-        prompts, padding="max_length", max_length=pipe.tokenizer.model_max_length,
-        truncation=True, return_tensors="pt",
-    )  # fmt: skip
-    embeds = pipe.text_encoder(tokens.input_ids)[0]  # (B, L, D)
+    embeds, _ = pipe.encode_prompt(prompts, pipe.text_encoder.device, 1, False)  # (B, L, D)
     noise = torch.randn(images.shape, generator=generator)
     t = torch.randint(
         0, noise_scheduler.config.num_train_timesteps, (len(images),), generator=generator
@@ -176,7 +172,7 @@ def evaluate(pipe, images_per_prompt: int = 8, seed: int = 10_000, guidance_scal
 
     prompts = [p for p in PROMPTS for _ in range(images_per_prompt)]
     seeds = [seed + i for i in range(len(prompts))]
-    spec = SamplerSpec(num_steps=20, eta=1.0, guidance_scale=guidance_scale, batch_size=64)
+    spec = SamplerSpec(num_steps=20, eta=1.0, guidance_scale=guidance_scale, images_per_call=64)
     images = sample(pipe, prompts, 1, seeds, spec).images  # (N, 3, H, W) in [0, 1]
     verdicts = judge(images, prompts)
     return {name: rate_with_ci(flags) for name, flags in verdicts.items()}, images, prompts

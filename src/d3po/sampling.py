@@ -17,17 +17,15 @@ of recorded steps under the current weights (policy, or reference with the adapt
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from diffusers.utils.torch_utils import randn_tensor
 from tqdm.auto import tqdm
 
 from d3po.config import SamplerSpec
 from d3po.errors import ConfigError, MissingFileError
-
-LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
 
 @dataclass
@@ -66,7 +64,8 @@ def gaussian_log_prob(
     ``reduction='mean'`` averages the per-dimension log-densities (the D3PO/DDPO reference
     code's choice); ``'sum'`` gives the exact joint log-density. See TrainingSpec.
     """
-    per_dimension = -((x - mean) ** 2) / (2 * std**2) - torch.log(std) - LOG_SQRT_2PI
+    # No argument validation: a diverging model's NaN mean gives a NaN log-prob, not an error.
+    per_dimension = torch.distributions.Normal(mean, std, validate_args=False).log_prob(x)
     dims = tuple(range(1, x.ndim))
     if reduction == "mean":
         return per_dimension.mean(dim=dims)
@@ -130,19 +129,12 @@ def ddim_step(
     direction = (1 - alpha_prod_t_prev - std**2).sqrt() * pred_epsilon
     mean = alpha_prod_t_prev.sqrt() * pred_original_sample + direction
     # 4. the action and its log-probability
-    if prev_sample is None:
-        prev_sample = mean + std * _noise_like(mean, generator)
+    if prev_sample is None:  # noise drawn per item by its own (CPU) generator: device-independent
+        noise = randn_tensor(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        prev_sample = mean + std * noise
     prev_sample = prev_sample.float()
     log_prob = gaussian_log_prob(prev_sample.detach(), mean, std, reduction)
     return StepOutput(prev_sample, log_prob, mean, std)
-
-
-def _noise_like(x: torch.Tensor, generators: list[torch.Generator] | None) -> torch.Tensor:
-    """Standard normal noise, drawn on the CPU per item so results do not depend on the device."""
-    if generators is None:
-        return torch.randn_like(x)
-    noise = [torch.randn(x.shape[1:], generator=g) for g in generators]
-    return torch.stack(noise).to(x.device, x.dtype)
 
 
 def guided_noise_prediction(
@@ -166,19 +158,6 @@ def guided_noise_prediction(
     return noise_uncond + guidance_scale * (noise_cond - noise_uncond)
 
 
-@torch.no_grad()
-def encode_prompts(pipe, prompts: list[str]) -> torch.Tensor:
-    """(B, L, D) CLIP text embeddings, padded to the tokenizer's max length."""
-    tokens = pipe.tokenizer(
-        prompts,
-        padding="max_length",
-        max_length=pipe.tokenizer.model_max_length,
-        truncation=True,
-        return_tensors="pt",
-    )
-    return pipe.text_encoder(tokens.input_ids.to(pipe.text_encoder.device))[0]
-
-
 def latent_shape(pipe) -> tuple[int, int, int]:
     config = pipe.unet.config
     return (config.in_channels, config.sample_size, config.sample_size)
@@ -190,7 +169,7 @@ def decode(pipe, latents: torch.Tensor) -> torch.Tensor:
     if pipe.vae is not None:
         scaled = latents.to(pipe.vae.dtype) / pipe.vae.config.scaling_factor
         latents = pipe.vae.decode(scaled).sample
-    return (latents.float() / 2 + 0.5).clamp(0, 1)
+    return pipe.image_processor.postprocess(latents.float(), output_type="pt")
 
 
 @torch.no_grad()
@@ -218,12 +197,16 @@ def sample(
     groups = torch.arange(len(prompts)).repeat_interleave(k)  # (B,)
     image_prompts = [prompts[g] for g in groups.tolist()]
     image_seeds = torch.tensor(seeds).repeat_interleave(k)
-    initial = torch.stack([_initial_noise(pipe, s) for s in seeds]).repeat_interleave(k, dim=0)
+    initial = randn_tensor(
+        (len(seeds), *latent_shape(pipe)),
+        generator=[torch.Generator().manual_seed(s) for s in seeds],
+    ).repeat_interleave(k, dim=0)
     generators = [
         torch.Generator().manual_seed(_step_seed(int(s), i % k)) for i, s in enumerate(image_seeds)
     ]
-    prompt_embeds = encode_prompts(pipe, image_prompts)
-    negative_embeds = encode_prompts(pipe, [""])
+    # without guidance, so the empty prompt's embedding is one row (not one per image)
+    prompt_embeds, _ = pipe.encode_prompt(image_prompts, pipe.text_encoder.device, 1, False)
+    negative_embeds, _ = pipe.encode_prompt([""], pipe.text_encoder.device, 1, False)
     pipe.scheduler.set_timesteps(spec.num_steps, device=device)
     timesteps = pipe.scheduler.timesteps.clone()
 
@@ -249,10 +232,10 @@ def sample(
 
 
 def _batched_step(pipe, latents, t, prompt_embeds, negative_embeds, spec, generators, reduction):
-    """One DDIM step for all images, in UNet calls of ``spec.batch_size`` images."""
+    """One DDIM step for all images, in UNet calls of ``spec.images_per_call`` images."""
     outputs = []
-    for start in range(0, latents.shape[0], spec.batch_size):
-        chunk = slice(start, start + spec.batch_size)
+    for start in range(0, latents.shape[0], spec.images_per_call):
+        chunk = slice(start, start + spec.images_per_call)
         x = latents[chunk]
         timestep = t.repeat(x.shape[0])
         noise_pred = guided_noise_prediction(
@@ -275,10 +258,6 @@ def _batched_step(pipe, latents, t, prompt_embeds, negative_embeds, spec, genera
             for f in ("prev_sample", "log_prob", "mean", "std")
         )
     )
-
-
-def _initial_noise(pipe, seed: int) -> torch.Tensor:
-    return torch.randn(latent_shape(pipe), generator=torch.Generator().manual_seed(seed))
 
 
 def _step_seed(group_seed: int, image_index: int) -> int:

@@ -48,7 +48,7 @@ from d3po.sampling import Trajectories, sample
 # recomputation. Lowering micro_batch_size after running out of GPU memory is the commonest fix.
 RESULT_NEUTRAL = {
     "training": ("epochs", "micro_batch_size", "gradient_checkpointing"),
-    "sampler": ("batch_size",),
+    "sampler": ("images_per_call",),
     "model": ("local_files_only",),
 }
 
@@ -250,8 +250,8 @@ class Trainer:
         world, size = self.accelerator.num_processes, self.training.micro_batch_size
         totals: dict[str, float] = {}
         order = torch.randperm(items.num_units, generator=generator)
-        for first in range(0, items.num_units, self.training.batch_size):
-            step_items = items.of_units(order[first : first + self.training.batch_size])
+        for first in range(0, items.num_units, self.training.units_per_step):
+            step_items = items.of_units(order[first : first + self.training.units_per_step])
             shard = step_items.shard(self.accelerator.process_index, world)
             self.optimizer.zero_grad(set_to_none=True)
             for start in range(0, len(shard), size):

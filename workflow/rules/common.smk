@@ -82,7 +82,10 @@ def schema_error_line(error):
         known = sorted(error.schema.get("properties", {}))
         unknown = sorted(set(value) - set(known))
         keys, value = keys + unknown[:1], value[unknown[0]] if unknown else value
-        problem = "unknown field"
+        renamed = error.schema.get("x-renamed", {}).get(keys[-1]) if unknown else None
+        problem = (
+            f"unknown field (renamed to {renamed})" if renamed else "unknown field"
+        )
         allowed = f"allowed fields: {', '.join(known)}"
     where = config_location(keys)
     shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
