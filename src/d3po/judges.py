@@ -18,6 +18,7 @@ import functools
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from d3po.errors import ConfigError
 from d3po.rewards import register
@@ -163,24 +164,10 @@ def _border(image: np.ndarray) -> np.ndarray:
 
 
 def _components(mask: np.ndarray) -> tuple[np.ndarray, list[int]]:
-    """4-connected components: labels (H, W) (0 = outside, 1..n) and their sizes."""
-    labels = np.zeros(mask.shape, dtype=np.int32)
-    sizes: list[int] = []
-    height, width = mask.shape
-    for start in zip(*np.nonzero(mask), strict=True):
-        if labels[start]:
-            continue
-        sizes.append(0)
-        labels[start] = len(sizes)
-        stack = [start]
-        while stack:
-            y, x = stack.pop()
-            sizes[-1] += 1
-            for ny, nx in ((y - 1, x), (y + 1, x), (y, x - 1), (y, x + 1)):
-                if 0 <= ny < height and 0 <= nx < width and mask[ny, nx] and not labels[ny, nx]:
-                    labels[ny, nx] = len(sizes)
-                    stack.append((ny, nx))
-    return labels, sizes
+    """4-connected components: labels (H, W) (0 = outside, 1..n, numbered in reading order)
+    and their sizes."""
+    labels, count = ndimage.label(mask)  # the default structure is 4-connectivity in 2-D
+    return labels, np.bincount(labels.ravel(), minlength=count + 1)[1:].tolist()
 
 
 def _largest_component(mask: np.ndarray) -> int:
