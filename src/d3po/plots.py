@@ -33,7 +33,8 @@ import pandas as pd  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from d3po.errors import ConfigError, InputFileError  # noqa: E402
-from d3po.rewards import proxy_unit, read_manifest  # noqa: E402
+from d3po.rewards import proxy_unit  # noqa: E402
+from d3po.sample_sets import read_manifest  # noqa: E402
 from d3po.stats import mean_interval  # noqa: E402
 
 EVALUATION_COLUMNS = [
