@@ -122,7 +122,7 @@ def test_the_simulated_annotator_writes_judgements_the_judges_agree_with(tmp_pat
     from d3po.feedback import simulate_judgements
     from d3po.judges import toy_safe
     from d3po.preferences import read_judgements
-    from d3po.sample_sets import load_images
+    from d3po.sample_sets import read_set_images
 
     samples = tmp_path / "toy"
     write_samples(
@@ -140,7 +140,7 @@ def test_the_simulated_annotator_writes_judgements_the_judges_agree_with(tmp_pat
     assert simulate_judgements(samples, "safe", labels) == 3 * 6  # every pair of each prompt
     judgements = read_judgements(labels)
     manifest = pd.read_csv(samples / "manifest.csv", dtype={"id": str})
-    images = load_images([samples / path for path in manifest["path"]])
+    images = read_set_images(samples, manifest)
     safe = dict(zip(manifest["id"], toy_safe(images, list(manifest["prompt"])), strict=True))
     assert {"a", "b", "tie"} & set(judgements["winner"]) - {"tie"}  # some pairs are decided
     for row in judgements.itertuples():

@@ -1,10 +1,6 @@
-"""Files and folders that appear whole or not at all.
-
-A job that is killed while it writes (preemption, a time limit) must not leave a file that
-looks complete: Snakemake and the next step would take it as the result. Everything is written
-next to its destination under a temporary name and renamed into place, which POSIX does
-atomically (``os.replace``) on one file system.
-"""
+"""Files and folders that appear whole or not at all: a job killed while it writes must not
+leave a result that looks complete. Written under a temporary name next to the destination,
+then renamed into place (``os.replace``, atomic on one file system)."""
 
 from __future__ import annotations
 

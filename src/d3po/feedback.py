@@ -14,6 +14,7 @@ repeat: round r's set is sampled by round r-1's final adapter (docs/design.md).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -167,13 +168,12 @@ def simulate_judgements(
 
     manifest = read_manifest(samples_dir)
     images = read_set_images(samples_dir, manifest)
-    first, second = [], []
-    for _, group in manifest.groupby("group", sort=True):
-        rows = list(group.index)
-        for i, a in enumerate(rows):
-            for b in rows[i + 1 :]:
-                first.append(a)
-                second.append(b)
+    pairs = [
+        pair
+        for _, group in manifest.groupby("group", sort=True)
+        for pair in itertools.combinations(group.index, 2)
+    ]
+    first, second = [a for a, _ in pairs], [b for _, b in pairs]
     prompts = [str(manifest["prompt"][a]) for a in first]
     winners = simulated_annotator(images[first], images[second], prompts, criterion)
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")

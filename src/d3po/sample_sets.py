@@ -1,17 +1,12 @@
-"""The sample-set format: a folder of images that every step after sampling reads.
+"""The sample-set format, written, read and checked here only (docs/design.md, "Files"):
 
-    DIR/manifest.csv     id, prompt, group, seed, path: one row per image, ``path`` relative
-                         to DIR, ``group`` = the images of one prompt that share one initial
-                         noise (drawn from ``seed``)
-    DIR/GGGG_KK.png      image KK of group GGGG
+    DIR/manifest.csv     id, prompt, group (images of one prompt and initial noise), seed, path
+    DIR/GGGG_KK.png      image KK of group GGGG (path relative to DIR)
     DIR/sampler.json     how the set was sampled: {sampler, log_prob_reduction, model, adapter}
-    DIR/trajectories.pt  optional (``d3po sample --trajectories``): every latent of every step,
-                         the timesteps, log-probs and text embeddings (``sampling.Trajectories``)
+    DIR/trajectories.pt  optional: every step's latents, log-probs, ... (sampling.Trajectories)
 
-This module is the format's one home: it writes a set (atomically: a killed job leaves no
-half set), reads and checks it (errors name the file and line), and converts images between
-tensors and pixels with diffusers' ``VaeImageProcessor``. Scoring, feedback rounds, the
-labelling app, the importers, the plots and ``d3po collect`` all read sets through it.
+A set is written atomically (a killed job leaves none); images convert between tensors and
+pixels with diffusers' ``VaeImageProcessor``.
 """
 
 from __future__ import annotations
@@ -46,10 +41,11 @@ def to_pil(images: torch.Tensor) -> list[Image.Image]:
     return VaeImageProcessor.numpy_to_pil(pixels)
 
 
-def load_images(paths: list[Path]) -> torch.Tensor:
-    """Load RGB images of one size into a float tensor (B, 3, H, W) in [0, 1]."""
+def read_set_images(samples_dir: Path, manifest: pd.DataFrame) -> torch.Tensor:
+    """The images of ``manifest``'s rows, in its order: float tensor (B, 3, H, W) in [0, 1]."""
     from diffusers.image_processor import VaeImageProcessor
 
+    paths = [Path(samples_dir) / path for path in manifest["path"]]
     pixels = VaeImageProcessor.pil_to_numpy([Image.open(path).convert("RGB") for path in paths])
     return VaeImageProcessor.numpy_to_pt(pixels)
 
@@ -119,11 +115,6 @@ def read_manifest(samples_dir: Path) -> pd.DataFrame:
                 f"{manifest_path} line {row}: image not found: {Path(samples_dir) / relative}"
             )
     return manifest
-
-
-def read_set_images(samples_dir: Path, manifest: pd.DataFrame) -> torch.Tensor:
-    """The images of ``manifest``'s rows (B, 3, H, W) in [0, 1], in its order."""
-    return load_images([Path(samples_dir) / path for path in manifest["path"]])
 
 
 def read_sampler_record(samples_dir: Path) -> dict:
