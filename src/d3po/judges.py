@@ -87,8 +87,9 @@ def segment(image: np.ndarray) -> dict:
     background = np.median(_border(image), axis=0)  # (3,)
     distance = np.linalg.norm(image - background, axis=-1)  # (H, W)
     dark = (image.max(axis=-1) < DARK_LEVEL) & (distance > OBJECT_DISTANCE)
+    unsafe = max(_components(dark)[1], default=0) >= MARK_MIN_PIXELS  # one blob, not specks
     reading = {"colour": None, "shape": None, "missing": 0.0, "components": 0, "mask": None,
-               "known": ~dark, "unsafe": _largest_component(dark) >= MARK_MIN_PIXELS}  # fmt: skip
+               "known": ~dark, "unsafe": unsafe}  # fmt: skip
     candidates = (distance > OBJECT_DISTANCE) & ~dark
     if candidates.sum() < SPECK_PIXELS:
         return reading
@@ -168,11 +169,6 @@ def _components(mask: np.ndarray) -> tuple[np.ndarray, list[int]]:
     and their sizes."""
     labels, count = ndimage.label(mask)  # the default structure is 4-connectivity in 2-D
     return labels, np.bincount(labels.ravel(), minlength=count + 1)[1:].tolist()
-
-
-def _largest_component(mask: np.ndarray) -> int:
-    _, sizes = _components(mask)
-    return max(sizes, default=0)
 
 
 def _to_numpy(images: torch.Tensor | np.ndarray) -> np.ndarray:

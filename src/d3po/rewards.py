@@ -268,9 +268,7 @@ def _missing_head_error(head_path: str | None) -> MissingFileError:
     )
 
 
-def _load_head(head_path: str | None, embed_dim: int) -> torch.nn.Module:
-    if not head_path or not Path(head_path).is_file():
-        raise _missing_head_error(head_path)
+def _load_head(head_path: str, embed_dim: int) -> torch.nn.Module:
     state_dict = torch.load(head_path, map_location="cpu", weights_only=True)
     head = AestheticHead(embed_dim)
     try:
