@@ -85,8 +85,7 @@ def write_sample_set(
             group = index // images_per_prompt
             name = f"{group:04d}_{index % images_per_prompt:02d}.png"
             image.save(staging / name)
-            row = (name.removesuffix(".png"), prompts[group], group, seeds[group], name)
-            rows.append(dict(zip(MANIFEST_COLUMNS, row, strict=True)))
+            rows.append((name.removesuffix(".png"), prompts[group], group, seeds[group], name))
         manifest = pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS))
         manifest.to_csv(staging / MANIFEST, index=False)
         (staging / SAMPLER_RECORD).write_text(json.dumps(record, indent=1) + "\n")
