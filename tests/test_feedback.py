@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from d3po.config import SamplerSpec, SampleSettings, TrainingSpec, TrainSettings
-from d3po.evaluate import write_samples
 from d3po.feedback import judging_progress, load_labelled, load_scored
 from d3po.models import ModelSpec
 from d3po.preferences import append_judgement
+from d3po.sample_checkpoints import write_samples
 from d3po.train import Trainer, train
 
 SAMPLER = SamplerSpec(num_steps=3, eta=1.0, guidance_scale=2.0, images_per_call=16)
@@ -124,7 +124,7 @@ def test_the_simulated_annotator_writes_judgements_the_judges_agree_with(tmp_pat
     from d3po.feedback import simulate_judgements
     from d3po.judges import toy_safe
     from d3po.preferences import read_judgements
-    from d3po.rewards import load_images
+    from d3po.sample_sets import read_set_images
 
     samples = tmp_path / "toy"
     write_samples(
@@ -142,7 +142,7 @@ def test_the_simulated_annotator_writes_judgements_the_judges_agree_with(tmp_pat
     assert simulate_judgements(samples, "safe", labels) == 3 * 6  # every pair of each prompt
     judgements = read_judgements(labels)
     manifest = pd.read_csv(samples / "manifest.csv", dtype={"id": str})
-    images = load_images([samples / path for path in manifest["path"]])
+    images = read_set_images(samples, manifest)
     safe = dict(zip(manifest["id"], toy_safe(images, list(manifest["prompt"])), strict=True))
     assert {"a", "b", "tie"} & set(judgements["winner"]) - {"tie"}  # some pairs are decided
     for row in judgements.itertuples():

@@ -115,3 +115,19 @@ def test_rate_with_ci():
     assert rate == pytest.approx(0.3)
     assert (low, high) == pytest.approx((0.2189, 0.3958), abs=1e-3)  # Wilson, z = 1.96
     assert rate_with_ci(np.ones(10, bool))[2] == pytest.approx(1.0)
+
+
+def test_components_are_four_connected_and_numbered_in_reading_order():
+    from d3po.judges import _components
+
+    mask = np.array(
+        [
+            [0, 1, 0, 0],
+            [1, 0, 0, 1],
+            [1, 0, 1, 1],
+        ],
+        dtype=bool,
+    )  # diagonal neighbours are separate objects
+    labels, sizes = _components(mask)
+    assert sizes == [1, 2, 3]
+    assert labels.tolist() == [[0, 1, 0, 0], [2, 0, 0, 3], [2, 0, 3, 3]]

@@ -18,7 +18,7 @@ from d3po.labelling.benchmark import judge_all, write_world_set
 from d3po.labelling.guard import MAX_BODY_BYTES
 from d3po.labelling.server import app_process, running
 from d3po.preferences import decide_pairs, live_judgements, preference_pairs, read_judgements
-from d3po.rewards import read_manifest
+from d3po.sample_sets import read_manifest
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +122,7 @@ def test_the_score_and_pairwise_protocols_write_their_lines(small_set, tmp_path)
 def test_the_toy_annotator_judges_over_http_like_the_judge(tmp_path):
     from d3po.cli import main
     from d3po.judges import toy_safe
-    from d3po.rewards import load_images
+    from d3po.sample_sets import read_set_images
 
     samples = tmp_path / "samples"
     write_world_set(samples, prompts=8, images_per_prompt=3, seed=3, unsafe_rate=0.5)
@@ -132,7 +132,7 @@ def test_the_toy_annotator_judges_over_http_like_the_judge(tmp_path):
     manifest = read_manifest(samples)
     table = read_judgements(record, manifest=manifest)
     assert len(table) == 8 and set(table["kind"]) == {"score"}
-    safe = toy_safe(load_images([samples / p for p in manifest["path"]]), list(manifest["prompt"]))
+    safe = toy_safe(read_set_images(samples, manifest), list(manifest["prompt"]))
     expected = preference_pairs(manifest["group"].to_numpy(), safe)
     decided = decide_pairs(table, list(manifest["id"]))
     assert sorted(map(tuple, decided.pairs.tolist())) == sorted(map(tuple, expected.tolist()))

@@ -14,7 +14,7 @@ from d3po.labelling.benchmark import write_world_set
 from d3po.labelling.importers import import_label_studio, import_reference
 from d3po.labelling.report import label_report
 from d3po.preferences import append_judgements, decide_pairs, read_judgements
-from d3po.rewards import read_manifest
+from d3po.sample_sets import read_manifest
 
 TIME = "2026-11-30T12:00:00+00:00"
 

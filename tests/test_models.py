@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -202,3 +206,35 @@ def test_hub_id_not_in_the_cache_is_found_before_loading(monkeypatch, tmp_path):
     assert "someone/not-downloaded" in str(raised.value) and "\n" not in str(raised.value)
     check_model_files("someone/not-downloaded", local_files_only=False)  # may download
     check_source("someone/not-downloaded")  # a name is not checked against the cache
+
+
+def test_adapter_trains_in_float32_on_a_half_precision_base(fresh_pipe):
+    unet = fresh_pipe.unet.to(torch.bfloat16)
+    parameters = add_lora(unet, LoraSpec())
+    assert parameters and all(p.dtype == torch.float32 for p in parameters)
+    assert all(p.dtype == torch.bfloat16 for n, p in unet.named_parameters() if "lora" not in n)
+
+
+def test_loading_a_model_writes_no_progress_bar(capfd):
+    load_pipeline(ModelSpec(source="toy"))
+    captured = capfd.readouterr()
+    assert captured.err == "" and captured.out == ""
+
+
+@pytest.mark.parametrize("value, mode", [("0", "online"), ("false", "online"), ("1", "offline")])
+def test_hf_hub_offline_means_what_it_means_to_huggingface_hub(tmp_path, value, mode):
+    """HF_HUB_OFFLINE is read when huggingface_hub is imported, so each value needs a process."""
+    code = (
+        "from d3po.models import ModelNotFoundError, check_model_files\n"
+        "try:\n"
+        "    check_model_files('someone/not-downloaded', local_files_only=False)\n"
+        "    print('online')\n"
+        "except ModelNotFoundError:\n"
+        "    print('offline')\n"
+    )
+    env = os.environ | {"HF_HUB_OFFLINE": value, "HF_HUB_CACHE": str(tmp_path)}
+    env.pop("TRANSFORMERS_OFFLINE", None)
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == mode

@@ -16,6 +16,7 @@ from PIL import Image
 
 from d3po import rewards
 from d3po.errors import ConfigError
+from d3po.sample_sets import to_pil
 
 TINY_CLIP_CONFIG = {"model_cfg": TINY_CLIP_MODEL_CONFIG, "preprocess_cfg": {}}
 
@@ -179,10 +180,10 @@ def test_aesthetic_refuses_silent_random_clip(tiny_aesthetic_options: dict[str, 
 def _write_samples(samples_dir: Path, images: torch.Tensor) -> pd.DataFrame:
     samples_dir.mkdir(parents=True, exist_ok=True)
     rows = []
-    for index, image in enumerate(rewards.to_uint8(images)):
+    for index, image in enumerate(to_pil(images)):
         path = f"images/{index:04d}.png"
         (samples_dir / "images").mkdir(exist_ok=True)
-        Image.fromarray(image).save(samples_dir / path)
+        image.save(samples_dir / path)
         rows.append(
             {"id": f"s{index}", "prompt": "cat", "group": index // 2, "seed": 0, "path": path}
         )

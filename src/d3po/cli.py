@@ -54,11 +54,11 @@ def _labelled(value: str) -> tuple[str, Path]:
 
 def cmd_sample(args: argparse.Namespace) -> None:
     from d3po.config import SampleSettings, parse
-    from d3po.evaluate import write_samples
+    from d3po.sample_checkpoints import write_samples
 
     settings = parse(SampleSettings, args.settings)
     if args.checkpoint:
-        from d3po.evaluate import write_checkpoint_samples
+        from d3po.sample_checkpoints import write_checkpoint_samples
 
         write_checkpoint_samples(settings, args.checkpoint)
         print(f"wrote {len(args.checkpoint)} sample sets")
@@ -148,7 +148,7 @@ def cmd_label(args: argparse.Namespace) -> None:
 def cmd_label_report(args: argparse.Namespace) -> None:
     from d3po.labelling.report import format_report, label_report
     from d3po.preferences import read_judgements
-    from d3po.rewards import read_manifest
+    from d3po.sample_sets import read_manifest
 
     manifest = read_manifest(args.samples)
     judgements = read_judgements(args.judgements, manifest=manifest)

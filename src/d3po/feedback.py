@@ -14,7 +14,7 @@ repeat: round r's set is sampled by round r-1's final adapter (docs/design.md).
 
 from __future__ import annotations
 
-import json
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,11 +26,15 @@ import torch
 from d3po.config import SamplerSpec
 from d3po.errors import InputFileError, MissingFileError
 from d3po.preferences import judgements_to_pairs, preference_pairs, read_judgements
-from d3po.rewards import read_manifest
-from d3po.sampling import Trajectories, load_trajectories
+from d3po.sample_sets import (
+    SAMPLER_RECORD,
+    read_manifest,
+    read_sampler_record,
+    read_set_images,
+    read_trajectories,
+)
+from d3po.sampling import Trajectories
 from d3po.scores import read_scores
-
-SAMPLER_RECORD = "sampler.json"
 
 
 @dataclass
@@ -103,16 +107,10 @@ def _judged_set(
     """The set's manifest, image ids (manifest order) and trajectories, checked against each
     other."""
     manifest = read_manifest(samples_dir)
-    ids = [str(i) for i in manifest["id"]]
     if sampler is not None:
         check_sampler(samples_dir, sampler, reduction)
-    trajectories = load_trajectories(Path(samples_dir) / "trajectories.pt")
-    if len(trajectories.prompts) != len(ids):
-        raise InputFileError(
-            f"{samples_dir}: manifest.csv lists {len(ids)} images but trajectories.pt holds "
-            f"{len(trajectories.prompts)}; sample the set again with --trajectories"
-        )
-    return manifest, ids, trajectories
+    trajectories = read_trajectories(samples_dir, manifest)
+    return manifest, [str(i) for i in manifest["id"]], trajectories
 
 
 def check_sampler(samples_dir: Path, sampler: SamplerSpec, reduction: str | None = None) -> None:
@@ -123,12 +121,7 @@ def check_sampler(samples_dir: Path, sampler: SamplerSpec, reduction: str | None
     reduction of the log-probs kept in the set (a later round's reference policy).
     """
     path = Path(samples_dir) / SAMPLER_RECORD
-    if not path.is_file():
-        raise MissingFileError(
-            f"{path} is missing: the set does not say which sampler made it; sample it again "
-            "with `d3po sample --trajectories`"
-        )
-    record = json.loads(path.read_text())
+    record = read_sampler_record(samples_dir)
     recorded = record.get("sampler", {})
     for field in ("num_steps", "eta", "guidance_scale"):
         if recorded.get(field) != getattr(sampler, field):
@@ -172,17 +165,15 @@ def simulate_judgements(
 
     from d3po.judges import simulated_annotator
     from d3po.preferences import append_judgement
-    from d3po.rewards import load_images
 
     manifest = read_manifest(samples_dir)
-    images = load_images([Path(samples_dir) / path for path in manifest["path"]])
-    first, second = [], []
-    for _, group in manifest.groupby("group", sort=True):
-        rows = list(group.index)
-        for i, a in enumerate(rows):
-            for b in rows[i + 1 :]:
-                first.append(a)
-                second.append(b)
+    images = read_set_images(samples_dir, manifest)
+    pairs = [
+        pair
+        for _, group in manifest.groupby("group", sort=True)
+        for pair in itertools.combinations(group.index, 2)
+    ]
+    first, second = [a for a, _ in pairs], [b for _, b in pairs]
     prompts = [str(manifest["prompt"][a]) for a in first]
     winners = simulated_annotator(images[first], images[second], prompts, criterion)
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")

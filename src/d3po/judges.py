@@ -18,6 +18,7 @@ import functools
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from d3po.errors import ConfigError
 from d3po.rewards import register
@@ -86,8 +87,9 @@ def segment(image: np.ndarray) -> dict:
     background = np.median(_border(image), axis=0)  # (3,)
     distance = np.linalg.norm(image - background, axis=-1)  # (H, W)
     dark = (image.max(axis=-1) < DARK_LEVEL) & (distance > OBJECT_DISTANCE)
+    unsafe = max(_components(dark)[1], default=0) >= MARK_MIN_PIXELS  # one blob, not specks
     reading = {"colour": None, "shape": None, "missing": 0.0, "components": 0, "mask": None,
-               "known": ~dark, "unsafe": _largest_component(dark) >= MARK_MIN_PIXELS}  # fmt: skip
+               "known": ~dark, "unsafe": unsafe}  # fmt: skip
     candidates = (distance > OBJECT_DISTANCE) & ~dark
     if candidates.sum() < SPECK_PIXELS:
         return reading
@@ -163,29 +165,10 @@ def _border(image: np.ndarray) -> np.ndarray:
 
 
 def _components(mask: np.ndarray) -> tuple[np.ndarray, list[int]]:
-    """4-connected components: labels (H, W) (0 = outside, 1..n) and their sizes."""
-    labels = np.zeros(mask.shape, dtype=np.int32)
-    sizes: list[int] = []
-    height, width = mask.shape
-    for start in zip(*np.nonzero(mask), strict=True):
-        if labels[start]:
-            continue
-        sizes.append(0)
-        labels[start] = len(sizes)
-        stack = [start]
-        while stack:
-            y, x = stack.pop()
-            sizes[-1] += 1
-            for ny, nx in ((y - 1, x), (y + 1, x), (y, x - 1), (y, x + 1)):
-                if 0 <= ny < height and 0 <= nx < width and mask[ny, nx] and not labels[ny, nx]:
-                    labels[ny, nx] = len(sizes)
-                    stack.append((ny, nx))
-    return labels, sizes
-
-
-def _largest_component(mask: np.ndarray) -> int:
-    _, sizes = _components(mask)
-    return max(sizes, default=0)
+    """4-connected components: labels (H, W) (0 = outside, 1..n, numbered in reading order)
+    and their sizes."""
+    labels, count = ndimage.label(mask)  # the default structure is 4-connectivity in 2-D
+    return labels, np.bincount(labels.ravel(), minlength=count + 1)[1:].tolist()
 
 
 def _to_numpy(images: torch.Tensor | np.ndarray) -> np.ndarray:

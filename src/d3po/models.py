@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -86,7 +85,13 @@ UNUSED_COMPONENTS = ("safety_checker", "feature_extractor", "image_encoder")
 def load_pipeline(spec: ModelSpec, device: torch.device | str = "cpu"):
     """Load the pipeline named by ``spec``, frozen (no gradients), on ``device``."""
     from diffusers import DDIMScheduler
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
 
+    # Job logs keep our own lines: no loading bars of diffusers ("Loading pipeline components")
+    # or transformers ("Loading weights"), nor of the pipeline's loop (set_progress_bar_config).
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
     check_model_files(spec.source, spec.revision, spec.local_files_only)
     if spec.source == "tiny-random":
         pipe = build_tiny_pipeline(seed=spec.seed)
@@ -159,7 +164,10 @@ def check_model_files(
 
 
 def _offline(local_files_only: bool) -> bool:
-    return local_files_only or os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "")
+    """Offline as huggingface_hub reads HF_HUB_OFFLINE (at import: "1", "true", "yes", "on")."""
+    from huggingface_hub import is_offline_mode
+
+    return local_files_only or is_offline_mode()
 
 
 def _download_hint(source: str) -> str:
@@ -214,53 +222,29 @@ def check_model_folder(folder: Path, hint: str = "") -> None:
 
 
 def check_safetensors(path: Path, hint: str = "") -> None:
-    """Read a ``.safetensors`` header (8-byte length, then JSON) and compare the size it
-    describes with the file's: ModelNotFoundError naming the file when it is missing, cut
-    short or unreadable. Reads only the header."""
+    """ModelNotFoundError naming ``path`` when it is missing, cut short or unreadable.
+
+    safetensors reads the header only and checks that it describes the file's size exactly.
+    """
+    from safetensors import SafetensorError, safe_open
+
     path = Path(path)
     if not path.is_file():  # also a cache symlink whose blob is gone
         raise ModelNotFoundError(f"{path} is missing. {hint}".strip())
-    size = path.stat().st_size
-    with path.open("rb") as handle:
-        prefix = handle.read(8)
-        header_size = int.from_bytes(prefix, "little") if len(prefix) == 8 else -1
-        if not 0 < header_size <= size - 8:
-            raise ModelNotFoundError(
-                f"{path}: not a whole safetensors file ({size} bytes, no readable header). "
-                f"{hint}".strip()
-            )
-        try:
-            header = json.loads(handle.read(header_size))
-            end = max(
-                (
-                    entry["data_offsets"][1]
-                    for key, entry in header.items()
-                    if key != "__metadata__"
-                ),
-                default=0,
-            )
-        except (ValueError, KeyError, TypeError, IndexError) as error:
-            raise ModelNotFoundError(
-                f"{path}: unreadable safetensors header ({error}). {hint}".strip()
-            ) from error
-    expected = 8 + header_size + end
-    if size != expected:
+    try:
+        with safe_open(path, framework="pt"):
+            pass
+    except SafetensorError as error:
         raise ModelNotFoundError(
-            f"{path}: truncated or corrupt: {size} bytes where its header describes {expected}. "
-            f"{hint}".strip()
-        )
+            f"{path}: truncated or corrupt ({error}). {hint}".strip()
+        ) from error
 
 
 def _load_diffusers_folder(folder: Path, spec: ModelSpec, rebuild_hint: str | None = None):
     from diffusers import StableDiffusionPipeline
 
     hint = f" Rebuild it with `{rebuild_hint}`." if rebuild_hint else ""
-    if not (folder / "model_index.json").exists():
-        raise ModelNotFoundError(
-            f"{folder / 'model_index.json'} is missing: '{folder}' is not a diffusers model "
-            f"folder.{hint}"
-        )
-    try:
+    try:  # check_model_files has found model_index.json and whole weights files
         pipe = StableDiffusionPipeline.from_pretrained(
             folder, local_files_only=True, **_absent_components(folder)
         )
@@ -280,9 +264,7 @@ def _load_diffusers_folder(folder: Path, spec: ModelSpec, rebuild_hint: str | No
 
 def _absent_components(folder: Path | None = None) -> dict:
     """Components D3PO never uses (set to None), plus the VAE of a pixel-space folder."""
-    import json
-
-    absent = {"safety_checker": None, "feature_extractor": None, "image_encoder": None}
+    absent = dict.fromkeys(UNUSED_COMPONENTS)
     if folder is not None:
         index = json.loads((folder / "model_index.json").read_text())
         if index.get("vae", [None])[0] is None:
@@ -451,6 +433,7 @@ def _pipeline_without_vae(tokenizer, text_encoder, unet, scheduler):
 
 def add_lora(unet, spec: LoraSpec) -> list[torch.nn.Parameter]:
     """Attach a trainable LoRA adapter (zero at start) to the UNet; return its parameters."""
+    from diffusers.training_utils import cast_training_params
     from peft import LoraConfig
 
     unet.add_adapter(
@@ -461,10 +444,8 @@ def add_lora(unet, spec: LoraSpec) -> list[torch.nn.Parameter]:
             target_modules=LORA_TARGET_MODULES,
         )
     )
-    parameters = [p for p in unet.parameters() if p.requires_grad]
-    for parameter in parameters:  # train the adapter in fp32 even when the base is half
-        parameter.data = parameter.data.float()
-    return parameters
+    cast_training_params(unet, dtype=torch.float32)  # the adapter trains in fp32 on a half base
+    return [p for p in unet.parameters() if p.requires_grad]
 
 
 @contextlib.contextmanager
@@ -514,13 +495,15 @@ def load_lora(pipe, folder: Path) -> None:
 
 def load_lora_state(unet, folder: Path) -> None:
     """Load a saved adapter's weights into the UNet's existing (trainable) adapter: resume."""
+    from diffusers import StableDiffusionPipeline
     from diffusers.utils import convert_unet_state_dict_to_peft
     from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
 
-    state = load_file(Path(folder) / "pytorch_lora_weights.safetensors")
-    state = convert_unet_state_dict_to_peft({k.removeprefix("unet."): v for k, v in state.items()})
-    result = set_peft_model_state_dict(unet, state)
+    state, _ = StableDiffusionPipeline.lora_state_dict(
+        str(folder), weight_name="pytorch_lora_weights.safetensors"
+    )
+    state = {key.removeprefix("unet."): value for key, value in state.items()}
+    result = set_peft_model_state_dict(unet, convert_unet_state_dict_to_peft(state))
     if result.unexpected_keys:
         raise InputFileError(
             f"{folder}: adapter keys do not match the model: {result.unexpected_keys[:3]}"

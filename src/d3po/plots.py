@@ -23,7 +23,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from d3po.rewards import proxy_unit, read_manifest  # noqa: E402
+from d3po.rewards import proxy_unit  # noqa: E402
+from d3po.sample_sets import read_manifest  # noqa: E402
 from d3po.tables import BASE, read_evaluations, read_table  # noqa: E402
 
 METRICS_COLUMNS = ("samples_seen", "reward_mean")

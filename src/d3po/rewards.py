@@ -32,7 +32,6 @@ import functools
 import importlib
 import inspect
 import io
-import os
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,8 +43,10 @@ import pandas as pd
 import torch
 from PIL import Image
 
+from d3po.atomic import write_atomically
 from d3po.config import typed_value
 from d3po.errors import ConfigError, InputFileError, MissingFileError
+from d3po.sample_sets import read_manifest, read_set_images, to_pil
 
 ProxyFn = Callable[..., np.ndarray]
 
@@ -80,7 +81,6 @@ _REGISTRY: dict[str, Proxy] = {}
 _PLUGIN_MODULES: list[str] = ["d3po.judges"]
 _plugins_loaded = False
 
-MANIFEST_COLUMNS = ("id", "prompt", "group", "seed", "path")
 AESTHETIC_HEAD_FILE = "sac+logos+ava1-l14-linearMSE.pth"
 AESTHETIC_HEAD_URL = "https://github.com/christophschuhmann/improved-aesthetic-predictor"
 
@@ -220,17 +220,11 @@ def score(
 # ---------------------------------------------------------------------------------------------
 
 
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """Float images (B, 3, H, W) in [0, 1] -> uint8 array (B, H, W, 3), rounding to nearest."""
-    pixels = (images.detach().float().cpu() * 255).round().clamp(0, 255).to(torch.uint8)
-    return pixels.permute(0, 2, 3, 1).numpy()
-
-
-def jpeg_kilobytes(image: np.ndarray, quality: int = 95) -> float:
-    """Size of one uint8 (H, W, 3) image saved as JPEG at ``quality``, in kB (1000 bytes, the
-    unit of the reference implementations and of the paper's numbers)."""
+def jpeg_kilobytes(image: Image.Image, quality: int = 95) -> float:
+    """Size of one 8-bit image saved as JPEG at ``quality``, in kB (1000 bytes, the unit of the
+    reference implementations and of the paper's numbers)."""
     buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="JPEG", quality=quality)
+    image.save(buffer, format="JPEG", quality=quality)
     return buffer.tell() / 1000
 
 
@@ -239,7 +233,7 @@ def jpeg_incompressibility(
     images: torch.Tensor, prompts: list[str], quality: int = 95
 ) -> np.ndarray:
     """JPEG size in kB (1 kB = 1000 bytes) at quality 95: bigger files = more detail."""
-    return np.array([jpeg_kilobytes(image, quality) for image in to_uint8(images)], np.float64)
+    return np.array([jpeg_kilobytes(image, quality) for image in to_pil(images)], np.float64)
 
 
 @register("jpeg_compressibility", unit="kB", blank_floor=True)
@@ -287,9 +281,7 @@ def _missing_head_error(head_path: str | None) -> MissingFileError:
     )
 
 
-def _load_head(head_path: str | None, embed_dim: int) -> torch.nn.Module:
-    if not head_path or not Path(head_path).is_file():
-        raise _missing_head_error(head_path)
+def _load_head(head_path: str, embed_dim: int) -> torch.nn.Module:
     state_dict = torch.load(head_path, map_location="cpu", weights_only=True)
     head = AestheticHead(embed_dim)
     try:
@@ -417,40 +409,6 @@ def aesthetic(
 # ---------------------------------------------------------------------------------------------
 
 
-def read_manifest(samples_dir: Path) -> pd.DataFrame:
-    """Read ``samples_dir/manifest.csv``, checking its columns and that every image exists."""
-    manifest_path = Path(samples_dir) / "manifest.csv"
-    if not manifest_path.is_file():
-        raise MissingFileError(f"sample manifest not found: {manifest_path}")
-    manifest = pd.read_csv(manifest_path, dtype={"id": str, "prompt": str, "path": str})
-    missing = [column for column in MANIFEST_COLUMNS if column not in manifest.columns]
-    if missing:
-        raise InputFileError(
-            f"{manifest_path}: missing columns {missing}; need {list(MANIFEST_COLUMNS)}"
-        )
-    for row, relative in enumerate(manifest["path"], start=2):  # line 1 is the header
-        if not (Path(samples_dir) / relative).is_file():
-            raise MissingFileError(
-                f"{manifest_path} line {row}: image not found: {Path(samples_dir) / relative}"
-            )
-    return manifest
-
-
-def load_images(paths: list[Path]) -> torch.Tensor:
-    """Load RGB images of one size into a float tensor (B, 3, H, W) in [0, 1]."""
-    arrays = [np.asarray(Image.open(path).convert("RGB"), dtype=np.uint8) for path in paths]
-    pixels = torch.from_numpy(np.stack(arrays))  # (B, H, W, 3)
-    return pixels.permute(0, 3, 1, 2).float() / 255
-
-
-def _write_csv_atomically(frame: pd.DataFrame, out_csv: Path) -> None:
-    out_csv = Path(out_csv)
-    out_csv.parent.mkdir(parents=True, exist_ok=True)
-    tmp_path = out_csv.with_name(f".{out_csv.name}.tmp{os.getpid()}")
-    frame.to_csv(tmp_path, index=False)
-    os.replace(tmp_path, out_csv)
-
-
 def score_sample_dir(
     samples_dir: Path,
     proxy: str,
@@ -464,7 +422,7 @@ def score_sample_dir(
     values = []
     for start in range(0, len(manifest), batch_size):
         batch = manifest.iloc[start : start + batch_size]
-        images = load_images([Path(samples_dir) / path for path in batch["path"]])
+        images = read_set_images(samples_dir, batch)
         values.append(score(proxy, images, list(batch["prompt"]), options))
     scores = pd.DataFrame(
         {
@@ -473,5 +431,5 @@ def score_sample_dir(
             "value": np.concatenate(values) if values else np.zeros(0),
         }
     )
-    _write_csv_atomically(scores, Path(out_csv))
+    write_atomically(scores, Path(out_csv))
     return scores

@@ -77,7 +77,7 @@ def check_run_scores(run: dict[str, Any]) -> None:
     """
     ids = None
     if run.get("samples"):
-        from d3po.rewards import read_manifest
+        from d3po.sample_sets import read_manifest
 
         ids = list(read_manifest(Path(run["samples"]))["id"].astype(str))
     for path in run["scores"]:

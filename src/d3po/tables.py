@@ -31,7 +31,8 @@ import pandas as pd
 
 from d3po.atomic import write_atomically
 from d3po.errors import ConfigError, InputFileError
-from d3po.rewards import blank_image_value, read_manifest
+from d3po.rewards import blank_image_value
+from d3po.sample_sets import read_manifest
 from d3po.stats import mean_interval, paired_comparison
 
 EVALUATION_COLUMNS = [

@@ -28,7 +28,7 @@ def write_world_set(
     out_dir: Path, prompts: int, images_per_prompt: int, seed: int = 0, unsafe_rate: float = 0.5
 ) -> None:
     """A sample set (PNGs + manifest) of toy-world images drawn directly, without a model."""
-    from d3po.evaluate import write_sample_set
+    from d3po.sample_sets import write_sample_set
     from d3po.world import PROMPTS, render
 
     rng = np.random.default_rng(seed)
@@ -41,7 +41,7 @@ def write_world_set(
     pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)  # (B, 3, H, W) in [0, 1]
     seeds = list(range(prompts))
     record = {"sampler": None, "model": "d3po.world (drawn directly, no model)", "adapter": None}
-    write_sample_set(pixels, chosen, seeds, images_per_prompt, Path(out_dir), {}, record)
+    write_sample_set(Path(out_dir), pixels, chosen, seeds, images_per_prompt, record)
 
 
 def judge_all(url: str, annotator: str, protocol: str, limit: int) -> list[str]:

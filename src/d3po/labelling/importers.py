@@ -28,7 +28,7 @@ from d3po.preferences import (
     index_manifest,
     validate_judgement,
 )
-from d3po.rewards import read_manifest
+from d3po.sample_sets import read_manifest
 
 
 def _load_json(path: Path) -> Any:

@@ -16,7 +16,7 @@ import pandas as pd
 
 from d3po.errors import ConfigError, InputFileError
 from d3po.preferences import PROTOCOLS
-from d3po.rewards import read_manifest
+from d3po.sample_sets import read_manifest
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ def task_key(group: int) -> str:
 
 
 def load_sample_set(samples_dir: Path, protocol: str) -> SampleSet:
-    """Read the manifest (``rewards.read_manifest``) and build the tasks of ``protocol``.
+    """Read the manifest (``sample_sets.read_manifest``) and build the tasks of ``protocol``.
 
     Every image path must stay inside the folder (no ``..`` or absolute paths), so that
     serving an image by id can never reach another file.
