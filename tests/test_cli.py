@@ -12,9 +12,10 @@ from d3po.tables import EVALUATION_COLUMNS
 
 
 def test_a_user_error_is_one_line_without_traceback(tmp_path: Path, capsys) -> None:
-    arguments = ["score", "--samples", str(tmp_path), "--proxy", "jpeg_compressibility"]
+    table = f"jpeg_compressibility={tmp_path / 's.csv'}"
+    arguments = ["score", "--samples", str(tmp_path), "--proxy", table]
     with pytest.raises(SystemExit) as raised:
-        cli.main([*arguments, "--out", str(tmp_path / "s.csv"), "--options", '{"qualty": 50}'])
+        cli.main([*arguments, "--options", '{"jpeg_compressibility": {"qualty": 50}}'])
     assert raised.value.code == 1
     error = capsys.readouterr().err
     assert error.startswith("d3po score: error: proxies.jpeg_compressibility: unknown option")
@@ -28,8 +29,8 @@ def test_an_internal_error_keeps_its_traceback(tmp_path: Path, monkeypatch) -> N
     monkeypatch.setattr(rewards, "score_sample_dir", broken)
     with pytest.raises(ValueError, match="internal"):
         cli.main(
-            ["score", "--samples", str(tmp_path), "--proxy", "jpeg_compressibility"]
-            + ["--out", str(tmp_path / "s.csv")]
+            ["score", "--samples", str(tmp_path)]
+            + ["--proxy", f"jpeg_compressibility={tmp_path / 's.csv'}"]
         )
 
 

@@ -195,29 +195,35 @@ def _write_samples(samples_dir: Path, images: torch.Tensor) -> pd.DataFrame:
 def test_score_sample_dir_roundtrip(tmp_path: Path) -> None:
     images = torch.rand(5, 3, 16, 16, generator=torch.Generator().manual_seed(2))
     _write_samples(tmp_path / "samples", images)
-    out_csv = tmp_path / "scores" / "jpeg.csv"
-    returned = rewards.score_sample_dir(
-        tmp_path / "samples", "jpeg_incompressibility", out_csv, batch_size=2
-    )
-    written = pd.read_csv(out_csv)
-    assert list(written.columns) == ["id", "proxy", "value"]
-    assert list(written["id"]) == [f"s{i}" for i in range(5)]
-    assert set(written["proxy"]) == {"jpeg_incompressibility"}
-    expected = rewards.score("jpeg_incompressibility", images, ["cat"] * 5)  # PNG is lossless
-    np.testing.assert_allclose(written["value"], expected)
-    np.testing.assert_allclose(returned["value"], expected)
+    out_csvs = {
+        "jpeg_incompressibility": tmp_path / "scores" / "jpeg.csv",
+        "jpeg_compressibility": tmp_path / "scores" / "jpeg_q50.csv",
+    }
+    options = {"jpeg_compressibility": {"quality": 50}, "aesthetic": {"head_path": "elsewhere"}}
+    returned = rewards.score_sample_dir(tmp_path / "samples", out_csvs, options, batch_size=2)
+    for proxy, out_csv in out_csvs.items():
+        written = pd.read_csv(out_csv)
+        assert list(written.columns) == ["id", "proxy", "value"]
+        assert list(written["id"]) == [f"s{i}" for i in range(5)]
+        assert set(written["proxy"]) == {proxy}
+        # PNG is lossless; each proxy with its own options (those of others are not its)
+        expected = rewards.score(proxy, images, ["cat"] * 5, options.get(proxy))
+        np.testing.assert_allclose(written["value"], expected)
+        np.testing.assert_allclose(returned[returned["proxy"] == proxy]["value"], expected)
+    quality_50 = pd.read_csv(out_csvs["jpeg_compressibility"])["value"]
+    assert (quality_50 > -pd.read_csv(out_csvs["jpeg_incompressibility"])["value"]).all()
 
 
 def test_score_sample_dir_errors_name_the_file(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="manifest.csv"):
-        rewards.score_sample_dir(tmp_path, "jpeg_compressibility", tmp_path / "out.csv")
+        rewards.score_sample_dir(tmp_path, {"jpeg_compressibility": tmp_path / "out.csv"})
     manifest = _write_samples(tmp_path / "s", torch.rand(2, 3, 8, 8))
     (tmp_path / "s" / manifest["path"][1]).unlink()
     with pytest.raises(FileNotFoundError, match=r"manifest.csv line 3: image not found.*0001.png"):
-        rewards.score_sample_dir(tmp_path / "s", "jpeg_compressibility", tmp_path / "out.csv")
+        rewards.score_sample_dir(tmp_path / "s", {"jpeg_compressibility": tmp_path / "out.csv"})
     manifest.drop(columns="group").to_csv(tmp_path / "s" / "manifest.csv", index=False)
     with pytest.raises(ValueError, match=r"manifest.csv: missing columns \['group'\]"):
-        rewards.score_sample_dir(tmp_path / "s", "jpeg_compressibility", tmp_path / "out.csv")
+        rewards.score_sample_dir(tmp_path / "s", {"jpeg_compressibility": tmp_path / "out.csv"})
 
 
 def test_missing_plugin_module_is_skipped_but_broken_plugin_raises(

@@ -685,3 +685,22 @@ def test_users_proxy_rules_score_every_set_and_all_stays_the_default_target(work
     assert counts["clip_score"] == sample_sets  # the evaluation sets and the round's set
     assert counts["score_samples"] == sample_sets - counts["sample_round"]
     assert counts["all"] == 1
+
+
+def test_one_score_job_per_set_and_one_per_table_the_evaluation_does_not_list(workdir):
+    """score_samples writes every evaluated registered proxy of a set at once; a round scored
+    by a registered proxy outside the evaluation list gets that one table from score_proxy."""
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    judgements = config["experiments"]["safety_judged"]["judgements"]
+    del judgements["simulate"]
+    judgements["proxy"] = "jpeg_incompressibility"
+    assert "jpeg_incompressibility" not in config["evaluation"]["proxies"]
+    (workdir / "scored.yaml").write_text(yaml.safe_dump(config))
+    result = dry_run(workdir, "scored.yaml")
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    counts = job_counts(output)
+    assert counts["score_samples"] == 1 + checkpoint_sample_sets(config)  # and the base model
+    assert counts["score_proxy"] == 1  # the round's set, on its judging proxy
+    tables = " ".join(f"{p}=" for p in config["evaluation"]["proxies"])
+    assert all(table in output for table in tables.split()), output

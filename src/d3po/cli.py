@@ -2,7 +2,7 @@
 
     d3po sample   --settings JSON --out DIR [--adapter CHECKPOINT]   held-out sample set
                   --settings JSON --checkpoint ADAPTER=DIR ...        one set per checkpoint
-    d3po score    --samples DIR --proxy NAME --out CSV [--options JSON]
+    d3po score    --samples DIR --proxy NAME=CSV ... [--options JSON]     score tables
     d3po train    --settings JSON --run-dir DIR --state-dir DIR       any method, resumable
                   [--samples DIR --judgements JSONL]                 on human judgements
                   [--samples DIR --scores PROXY=CSV ...]             ... on a proxy's score order
@@ -87,8 +87,9 @@ def cmd_methods(args: argparse.Namespace) -> None:
 def cmd_score(args: argparse.Namespace) -> None:
     from d3po.rewards import score_sample_dir
 
-    scores = score_sample_dir(args.samples, args.proxy, args.out, options=args.options)
-    print(f"{args.proxy}: mean {scores['value'].mean():.4f} over {len(scores)} images")
+    scores = score_sample_dir(args.samples, dict(args.proxy), options=args.options)
+    for proxy, values in scores.groupby("proxy", sort=False)["value"]:
+        print(f"{proxy}: mean {values.mean():.4f} over {len(values)} images")
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -309,11 +310,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sample.set_defaults(run=cmd_sample)
 
-    score = steps.add_parser("score", help="score a sample set with one proxy")
+    score = steps.add_parser("score", help="score a sample set with one or more proxies")
     score.add_argument("--samples", type=Path, required=True)
-    score.add_argument("--proxy", required=True)
-    score.add_argument("--out", type=Path, required=True)
-    score.add_argument("--options", type=_json, default=None)
+    score.add_argument(
+        "--proxy", type=_labelled, nargs="+", required=True, help="NAME=CSV: a proxy, its table"
+    )
+    score.add_argument("--options", type=_json, default=None, help="{proxy: {option: value}}")
     score.set_defaults(run=cmd_score)
 
     train = steps.add_parser("train", help="train one method (resumes from --state-dir)")

@@ -411,25 +411,35 @@ def aesthetic(
 
 def score_sample_dir(
     samples_dir: Path,
-    proxy: str,
-    out_csv: Path,
-    options: dict[str, Any] | None = None,
+    out_csvs: dict[str, Path],
+    options: dict[str, dict[str, Any]] | None = None,
     batch_size: int = 64,
 ) -> pd.DataFrame:
-    """Score every image of a sample set with one proxy; write and return ``id, proxy, value``."""
-    check_proxy_options(proxy, options)  # before reading any image
+    """Score every image of a sample set with each proxy of ``out_csvs`` (proxy -> CSV), the
+    images read once; write one ``id, proxy, value`` table per proxy and return them all.
+
+    ``options``: options per proxy, as the config's ``proxies:`` block; checked before any
+    image is read.
+    """
+    options = {proxy: (options or {}).get(proxy) for proxy in out_csvs}
+    for proxy, proxy_options in options.items():
+        check_proxy_options(proxy, proxy_options)
     manifest = read_manifest(Path(samples_dir))
-    values = []
+    values: dict[str, list[np.ndarray]] = {proxy: [] for proxy in out_csvs}
     for start in range(0, len(manifest), batch_size):
         batch = manifest.iloc[start : start + batch_size]
         images = read_set_images(samples_dir, batch)
-        values.append(score(proxy, images, list(batch["prompt"]), options))
-    scores = pd.DataFrame(
-        {
-            "id": manifest["id"].astype(str),
-            "proxy": proxy,
-            "value": np.concatenate(values) if values else np.zeros(0),
-        }
-    )
-    write_atomically(scores, Path(out_csv))
-    return scores
+        for proxy in out_csvs:
+            values[proxy].append(score(proxy, images, list(batch["prompt"]), options[proxy]))
+    tables = []
+    for proxy, out_csv in out_csvs.items():
+        scores = pd.DataFrame(
+            {
+                "id": manifest["id"].astype(str),
+                "proxy": proxy,
+                "value": np.concatenate(values[proxy]) if values[proxy] else np.zeros(0),
+            }
+        )
+        write_atomically(scores, Path(out_csv))
+        tables.append(scores)
+    return pd.concat(tables, ignore_index=True)

@@ -479,8 +479,12 @@ def as_json(function):
     return lambda wildcards: json.dumps(function(wildcards), separators=(",", ":"))
 
 
-def proxy_options(wildcards):
-    return config["proxies"].get(wildcards.proxy, {})
+def evaluated_registered_proxies():
+    """The evaluation's proxies that `d3po score` knows (all but the rule-based ones): one
+    score job writes all their tables for a sample set."""
+    return [
+        name for name in config["evaluation"]["proxies"] if name not in RULE_PROXIES
+    ]
 
 
 # ------------------------------------------------------------------------- paths and targets
