@@ -64,6 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--micro-batch", type=int, default=32, help="(pair, step) items per pass")
     parser.add_argument("--precision", default="no", choices=["no", "fp16", "bf16"])
     parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="regional torch.compile of the UNet's repeated transformer blocks (in place, shared "
+        "by sampling, the reference pass and training); compile time lands in the warm-up epoch",
+    )
     parser.add_argument("--epochs", type=int, default=2, help="the first one is a warm-up")
     parser.add_argument(
         "--json", help="where to write the figures (default: benchmarks/DATE-MODEL-DEVICE.json)"
@@ -159,6 +165,8 @@ def main(argv: list[str] | None = None) -> dict:
     settings = benchmark_settings(args)
     trainer = Trainer(settings)
     device = trainer.accelerator.device
+    if args.compile:
+        trainer.pipe.unet.compile_repeated_blocks()  # diffusers: each BasicTransformerBlock
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     rows = [trainer.run_epoch() for _ in range(args.epochs)]
@@ -178,6 +186,7 @@ def main(argv: list[str] | None = None) -> dict:
         "pairs_per_epoch": float(np.mean([row["units"] for row in measured])),
         **{f"{p}_s": float(np.mean([row[f"{p}_seconds"] for row in measured])) for p in PHASES},
         "epoch_s": float(np.mean([row["seconds"] for row in measured])),
+        "warmup_epoch_s": rows[0]["seconds"],  # with --compile: includes the compile time
         "peak_memory_gib": peak_memory_gib(),
     }
     figures["pairs_per_s"] = figures["pairs_per_epoch"] / figures["epoch_s"]
@@ -237,6 +246,7 @@ def report(figures: dict) -> None:
         speed = f"{tflops[phase]:10.3f}" if phase in tflops else f"{'':>10}"
         lines.append(f"  {phase:<14}{seconds:9.2f}{seconds / figures['epoch_s']:8.1%}{speed}")
     lines.append(f"  {'epoch':<14}{figures['epoch_s']:9.2f}{'':>8}{tflops['epoch']:10.3f}")
+    lines.append(f"  {'warm-up epoch':<14}{figures['warmup_epoch_s']:9.2f}")
     share = (
         f"{figures['share_of_peak']:.1%} of {figures['peak_tflops']:.0f} TFLOP/s "
         f"({figures['peak_source']})"
