@@ -332,10 +332,12 @@ class Trainer:
     # ------------------------------------------------------------------ state
 
     def state_dict(self) -> dict:
+        scaler = self.accelerator.scaler  # fp16's loss scale, which an exact resume needs
         return {
             "epoch": self.epoch,
             "optimizer": self.optimizer.state_dict(),
             "method": self.method.state_dict(),
+            "scaler": None if scaler is None else scaler.state_dict(),
         }
 
     def fingerprint(self) -> str:
@@ -355,6 +357,8 @@ class Trainer:
         self.epoch = state["epoch"]
         self.optimizer.load_state_dict(state["optimizer"])
         self.method.load_state_dict(state["method"])
+        if state.get("scaler") is not None and self.accelerator.scaler is not None:
+            self.accelerator.scaler.load_state_dict(state["scaler"])
 
 
 def gather_trajectories(trajectories: Trajectories, accelerator: Accelerator) -> Trajectories:
@@ -462,6 +466,13 @@ def train(
     return trainer
 
 
+# Not accelerate's save_state/load_state (issue 10 asked; kept ours): save_state serialises every
+# prepared model's full state dict before its hooks run (the 3.4 GB SD-1.5 UNet at every
+# checkpoint, unless a hook drops it and the LoRA is saved here anyway), writes per-process RNG
+# files so it must run on every process into one shared folder (two barriers around the atomic
+# rename instead of a main-process write: the ddpo-pytorch hang), and the RNG states, samplers
+# and step counter it adds are what this loop does not need (every draw comes from (seed,
+# epoch)). What it would keep (optimizer, method buffers, counters, fp16 loss scale) is below.
 def save_state(trainer: Trainer, state_dir: Path) -> None:
     """Checkpoint the adapter and atomically replace ``state_dir/latest``."""
     state_dir.mkdir(parents=True, exist_ok=True)
