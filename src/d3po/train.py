@@ -3,8 +3,10 @@
 Each epoch: (1) sample K images per prompt with the current policy, recording trajectories;
 (2) score them with the proxy objectives; (3) the method turns trajectories and scores into
 training items (D3PO: preference pairs with reference log-probs, DDPO: advantages, ...);
-(4) optimizer steps over whole units, in micro-batches of items; (5) a metrics row, and every
-``checkpoint_every`` epochs an adapter checkpoint and the resume state.
+(4) optimizer steps over whole units, in micro-batches of items (a method with a PPO ratio
+first gets log pi_old of every item from a no-grad pass of those very micro-batches); (5) a
+metrics row with the seconds of each phase, and every ``checkpoint_every`` epochs an adapter
+checkpoint and the resume state.
 
 Everything random in an epoch is drawn from (seed, epoch), so a run resumed from its state
 folder continues exactly as the uninterrupted run would have.
