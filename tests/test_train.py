@@ -95,8 +95,13 @@ def preempted(run_settings: TrainSettings, state_dir, epochs: int) -> None:
         save_state(trainer, state_dir)  # checkpoint_every is 1
 
 
+def without_timings(metrics: pd.DataFrame) -> pd.DataFrame:
+    """The figures of a metrics table that are results (not the seconds of its phases)."""
+    return metrics.drop(columns=[c for c in metrics.columns if c.endswith("seconds")])
+
+
 def published(run_dir) -> tuple[pd.DataFrame, list[str]]:
-    metrics = pd.read_csv(run_dir / "metrics.csv").drop(columns="seconds")
+    metrics = without_timings(pd.read_csv(run_dir / "metrics.csv"))
     return metrics, sorted(p.name for p in (run_dir / "checkpoints").iterdir())
 
 
@@ -171,3 +176,97 @@ def test_an_epoch_of_ties_trains_nothing_and_goes_on(monkeypatch):
     row = trainer.run_epoch()
     assert row["units"] == 0
     assert all(torch.equal(before[n], w) for n, w in lora_weights(trainer).items())
+
+
+@pytest.mark.parametrize("method", ["ddpo", "dpok"])
+@pytest.mark.parametrize("micro_batch_size", [1, 5])
+def test_the_ppo_ratio_starts_at_exactly_one(monkeypatch, method, micro_batch_size):
+    """pi_old is the training forward's own log-prob before the first step, bit for bit (the
+    log-probs recorded while sampling come from other batches: at micro-batch 1 they differ on
+    the CPU, and on a GPU in bf16 by more than the 1e-4 clip)."""
+    import d3po.methods.ddpo
+    import d3po.methods.dpok
+
+    calls, ppo_clip_loss = [], d3po.methods.ddpo.ppo_clip_loss
+
+    def recording(log_prob, old_log_prob, advantages, clip_range):
+        loss, diagnostics = ppo_clip_loss(log_prob, old_log_prob, advantages, clip_range)
+        calls.append((log_prob.detach().clone(), old_log_prob.clone(), diagnostics))
+        return loss, diagnostics
+
+    monkeypatch.setattr(f"d3po.methods.{method}.ppo_clip_loss", recording)
+    trainer = Trainer(settings(method, micro_batch_size=micro_batch_size))
+    trainer.run_epoch()
+    log_prob, old_log_prob, diagnostics = calls[0]  # the first micro-batch, before any step
+    assert torch.equal(log_prob, old_log_prob)
+    assert diagnostics["log_ratio"] == 0 and diagnostics["clip_fraction"] == 0
+    assert len(calls) > 1 and not torch.equal(*calls[-1][:2])  # later steps see a moved policy
+
+
+def test_the_reference_pass_is_batched_like_sampling():
+    """sampler.images_per_call images of one step per UNet call, whatever the micro-batch, with the
+    numbers of an item-by-item pass."""
+    trainer = Trainer(settings(micro_batch_size=1, images_per_prompt=3, prompts_per_epoch=3))
+    trajectories = trainer.sample_share(1)  # 9 images, 3 steps
+    calls = []
+    hook = trainer.pipe.unet.register_forward_pre_hook(lambda _, args: calls.append(len(args[0])))
+    batched = trainer.reference_log_probs(trajectories)  # sampler.images_per_call 16
+    trainer.settings = replace(
+        trainer.settings, sampler=replace(trainer.settings.sampler, images_per_call=4)
+    )
+    in_fours = trainer.reference_log_probs(trajectories)
+    hook.remove()
+    assert calls == [2 * 9] * 3 + [2 * 4, 2 * 4, 2 * 1] * 3  # with guidance: 2 items an image
+    policy = trainer.policy(trajectories)
+    one_by_one = torch.tensor(
+        [
+            [
+                policy.reference_step(torch.tensor([i]), torch.tensor([t])).log_prob.item()
+                for t in range(3)
+            ]
+            for i in range(9)
+        ]
+    )
+    torch.testing.assert_close(batched, one_by_one, rtol=0, atol=1e-5)
+    torch.testing.assert_close(in_fours, one_by_one, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "method, timed, untimed",
+    [("d3po", "reference", "old_log_probs"), ("ddpo", "old_log_probs", "reference")],
+)
+def test_metrics_time_each_phase(method, timed, untimed):
+    row = Trainer(settings(method)).run_epoch()
+    phases = [f"{phase}_seconds" for phase in ("sampling", "scoring", timed, "update")]
+    assert all(row[phase] > 0 for phase in phases)
+    assert row[f"{untimed}_seconds"] == 0
+    assert sum(row[phase] for phase in phases) <= row["seconds"]
+
+
+@pytest.mark.slow
+def test_regional_compilation_keeps_the_log_probs_and_the_update():
+    """The UNet's repeated blocks compiled in place (as `d3po benchmark --compile` does): the
+    same sampling, log-probs (policy and reference) and SGD step within float32 rounding.
+    The "aot_eager" backend runs the compiled path's graph capture and autograd; inductor, the
+    default, adds code generation and takes about 5 minutes on 2 CPU cores (same figures)."""
+    plain, compiled = (Trainer(settings("ddpo", micro_batch_size=5)) for _ in range(2))
+    compiled.pipe.unet.compile_repeated_blocks(backend="aot_eager")
+    for trainer in (plain, compiled):
+        trainer.optimizer = torch.optim.SGD(trainer.parameters, lr=1.0)
+    trajectories = plain.sample_share(1)
+    torch.testing.assert_close(compiled.sample_share(1).latents, trajectories.latents)
+    images, steps = torch.arange(6).repeat(3), torch.arange(3).repeat_interleave(6)
+
+    @torch.no_grad()
+    def log_probs(trainer: Trainer) -> torch.Tensor:
+        policy = trainer.policy(trajectories)
+        reference = policy.reference_step(images, steps).log_prob
+        return torch.stack([policy.log_prob(images, steps), reference])
+
+    torch.testing.assert_close(log_probs(compiled), log_probs(plain), rtol=0, atol=1e-5)
+    before = lora_weights(plain)
+    plain.run_epoch(), compiled.run_epoch()
+    after_plain, after_compiled = lora_weights(plain), lora_weights(compiled)
+    for name, weight in after_plain.items():
+        scale = (weight - before[name]).abs().max().item()
+        torch.testing.assert_close(after_compiled[name], weight, rtol=0, atol=1e-3 * scale + 1e-12)

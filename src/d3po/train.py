@@ -3,8 +3,10 @@
 Each epoch: (1) sample K images per prompt with the current policy, recording trajectories;
 (2) score them with the proxy objectives; (3) the method turns trajectories and scores into
 training items (D3PO: preference pairs with reference log-probs, DDPO: advantages, ...);
-(4) optimizer steps over whole units, in micro-batches of items; (5) a metrics row, and every
-``checkpoint_every`` epochs an adapter checkpoint and the resume state.
+(4) optimizer steps over whole units, in micro-batches of items (a method with a PPO ratio
+first gets log pi_old of every item from a no-grad pass of those very micro-batches); (5) a
+metrics row with the seconds of each phase, and every ``checkpoint_every`` epochs an adapter
+checkpoint and the resume state.
 
 Everything random in an epoch is drawn from (seed, epoch), so a run resumed from its state
 folder continues exactly as the uninterrupted run would have.
@@ -25,6 +27,7 @@ import os
 import shutil
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 
@@ -39,7 +42,7 @@ from d3po.config import StateError, TrainSettings
 from d3po.errors import ConfigError
 from d3po.feedback import LabelledSamples
 from d3po.methods import Feedback, Items, Policy, make_method, method_classes
-from d3po.models import add_lora, load_lora_state, load_pipeline, reference_policy, save_lora
+from d3po.models import add_lora, load_lora_state, load_pipeline, save_lora
 from d3po.sampling import Trajectories, sample
 
 # Settings a preempted run may change on resume because they do not change its results: the
@@ -51,6 +54,9 @@ RESULT_NEUTRAL = {
     "sampler": ("images_per_call",),
     "model": ("local_files_only",),
 }
+
+# The phases of an epoch timed in metrics.csv (column NAME_seconds; 0 where a run has none).
+PHASES = ("sampling", "scoring", "reference", "old_log_probs", "update")
 
 
 class Trainer:
@@ -93,16 +99,20 @@ class Trainer:
         self.unet, self.optimizer = self.accelerator.prepare(self.pipe.unet, optimizer)
         self.epoch = 0
         self.metrics: list[dict] = []
+        self.phase_seconds = dict.fromkeys(PHASES, 0.0)  # of the current epoch
 
     # ------------------------------------------------------------------ one epoch
 
     def run_epoch(self) -> dict:
-        """Sample, judge and update once; return the epoch's metrics row."""
+        """Sample, judge and update once; return the epoch's metrics row (with the seconds of
+        each phase, ``PHASES``)."""
         self.epoch += 1
+        self.phase_seconds = dict.fromkeys(PHASES, 0.0)
         start = time.perf_counter()
         if self.labelled is None:  # online: sample with the current policy, judge by proxy
             trajectories = self.collect(self.epoch)
-            scores, pairs = self.score(trajectories), None  # (B, objectives)
+            with self.phase("scoring"):
+                scores, pairs = self.score(trajectories), None  # (B, objectives)
         else:  # a judged sample set: the same pairs every epoch
             trajectories, scores, pairs = self.judged_samples(), None, self.labelled.pairs
         generator = torch.Generator().manual_seed(_derive_seed(self.settings.seed, self.epoch, 1))
@@ -115,10 +125,23 @@ class Trainer:
             "reward_std": float("nan") if scores is None else float(scores[:, 0].std()),
             "units": items.num_units,
             **update,
+            **{f"{name}_seconds": seconds for name, seconds in self.phase_seconds.items()},
             "seconds": time.perf_counter() - start,
         }
         self.metrics.append(row)
         return row
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Add the wall time of the block to phase ``name`` of this epoch (after the device's
+        queued work, so that asynchronous GPU kernels count in the phase that launched them)."""
+        synchronize(self.accelerator.device)
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            synchronize(self.accelerator.device)
+            self.phase_seconds[name] += time.perf_counter() - start
 
     def epoch_prompts(self, epoch: int) -> tuple[list[str], list[int]]:
         """This epoch's prompts (drawn with replacement) and one noise seed per prompt."""
@@ -135,11 +158,14 @@ class Trainer:
         Every process ends with the same trajectories (all prompts), so every process builds
         the same training items; the update then splits each optimizer step's items.
         """
-        trajectories = self.sample_share(epoch)
+        with self.phase("sampling"):
+            trajectories = self.sample_share(epoch)
         if self.method.needs_reference_log_probs:
             trajectories.reference_log_probs = self.reference_log_probs(trajectories)
-        world = self.accelerator.num_processes
-        return gather_trajectories(trajectories, self.accelerator) if world > 1 else trajectories
+        if self.accelerator.num_processes == 1:
+            return trajectories
+        with self.phase("sampling"):
+            return gather_trajectories(trajectories, self.accelerator)
 
     @torch.no_grad()
     def sample_share(self, epoch: int) -> Trajectories:
@@ -213,7 +239,7 @@ class Trainer:
         """The model as methods see it on ``trajectories``: the forward through ``unet``
         (default: the bare UNet, for no-grad use; the training forward passes the prepared one)."""
         return Policy(
-            unet=unet or self.pipe.unet,
+            unet=self.pipe.unet if unet is None else unet,  # a compiled module has no truth
             bare=self.pipe.unet,
             scheduler=self.pipe.scheduler,
             trajectories=trajectories,
@@ -223,18 +249,20 @@ class Trainer:
 
     @torch.no_grad()
     def reference_log_probs(self, trajectories: Trajectories) -> torch.Tensor:
-        """(B, T) log pi_ref of every recorded step: adapter off, no gradients, batched."""
+        """(B, T) log pi_ref of every recorded step: adapter off, no gradients, batched as
+        sampling is (``sampler.images_per_call`` images of one step per UNet call), so the pass
+        costs what sampling costs whatever the training micro-batch."""
         batch, steps = trajectories.log_probs.shape
-        sample_index = torch.arange(batch).repeat_interleave(steps)
-        step_index = torch.arange(steps).repeat(batch)
-        reference = self.policy(trajectories).log_prob
-        size = self.training.micro_batch_size
-        with reference_policy(self.pipe.unet), self.accelerator.autocast():
-            chunks = [
-                reference(sample_index[i : i + size], step_index[i : i + size])
-                for i in range(0, batch * steps, size)
-            ]
-        return torch.cat(chunks).reshape(batch, steps)
+        size = self.settings.sampler.images_per_call
+        policy = self.policy(trajectories)
+        log_probs = torch.empty(batch, steps, device=trajectories.log_probs.device)
+        with self.phase("reference"), self.accelerator.autocast():
+            for step in range(steps):
+                for first in range(0, batch, size):
+                    images = torch.arange(first, min(first + size, batch))
+                    reference = policy.reference_step(images, torch.full_like(images, step))
+                    log_probs[images, step] = reference.log_prob.to(log_probs.device)
+        return log_probs
 
     def update(
         self, items: Items, trajectories: Trajectories, generator: torch.Generator
@@ -247,37 +275,71 @@ class Trainer:
         """
         self.pipe.unet.train()
         policy = self.policy(trajectories, self.unet)
-        world, size = self.accelerator.num_processes, self.training.micro_batch_size
+        steps = self.optimizer_steps(items, generator)
+        if self.method.needs_old_log_probs:
+            self.record_old_log_probs(steps, policy)
         totals: dict[str, float] = {}
+        with self.phase("update"):
+            for micro_batches, step_size in steps:
+                self.optimizer_step(micro_batches, step_size, policy, totals)
+        return _averages(totals)
+
+    def optimizer_step(
+        self, micro_batches: list[Items], step_size: int, policy: Policy, totals: dict
+    ) -> None:
+        """Accumulate the gradient of one step's micro-batches (of ``step_size`` items over all
+        processes), clip it and step; add the diagnostics to ``totals``."""
+        world = self.accelerator.num_processes
+        self.optimizer.zero_grad(set_to_none=True)
+        for micro in micro_batches:
+            last = micro is micro_batches[-1]
+            # gradients are all-reduced once per optimizer step, on the last micro-batch
+            sync = contextlib.nullcontext() if last else self.accelerator.no_sync(self.unet)
+            with sync, self.accelerator.autocast():
+                loss, diagnostics = self.method.loss(micro, policy)
+                weighted = (loss * micro["weight"].to(loss.device)).sum()
+                self.accelerator.backward(weighted * world / step_size)
+            _accumulate(totals, {"loss": loss.detach().mean(), **diagnostics}, len(micro))
+        grad_norm = self.accelerator.clip_grad_norm_(self.parameters, self.training.max_grad_norm)
+        _accumulate(totals, {"grad_norm": grad_norm}, 1)
+        self.optimizer.step()
+
+    def optimizer_steps(
+        self, items: Items, generator: torch.Generator
+    ) -> list[tuple[list[Items], int]]:
+        """The epoch's optimizer steps: this process's micro-batches of each, and the step's
+        item count over all processes (its loss is the mean over them)."""
+        size = self.training.micro_batch_size
         order = torch.randperm(items.num_units, generator=generator)
+        steps = []
         for first in range(0, items.num_units, self.training.units_per_step):
             step_items = items.of_units(order[first : first + self.training.units_per_step])
-            shard = step_items.shard(self.accelerator.process_index, world)
-            self.optimizer.zero_grad(set_to_none=True)
-            for start in range(0, len(shard), size):
-                micro = shard.slice(start, start + size)
-                last = start + size >= len(shard)
-                # gradients are all-reduced once per optimizer step, on the last micro-batch
-                sync = contextlib.nullcontext() if last else self.accelerator.no_sync(self.unet)
-                with sync, self.accelerator.autocast():
-                    loss, diagnostics = self.method.loss(micro, policy)
-                    weighted = (loss * micro["weight"].to(loss.device)).sum()
-                    self.accelerator.backward(weighted * world / len(step_items))
-                _accumulate(totals, {"loss": loss.detach().mean(), **diagnostics}, len(micro))
-            grad_norm = self.accelerator.clip_grad_norm_(
-                self.parameters, self.training.max_grad_norm
-            )
-            _accumulate(totals, {"grad_norm": grad_norm}, 1)
-            self.optimizer.step()
-        return _averages(totals)
+            shard = step_items.shard(self.accelerator.process_index, self.accelerator.num_processes)
+            micro_batches = [shard.slice(i, i + size) for i in range(0, len(shard), size)]
+            steps.append((micro_batches, len(step_items)))
+        return steps
+
+    @torch.no_grad()
+    def record_old_log_probs(self, steps: list[tuple[list[Items], int]], policy: Policy) -> None:
+        """Set ``old_log_prob`` of every item to the method's ``policy_log_prob`` under the
+        weights that sampled the epoch: the training forward itself (module, mode, autocast,
+        micro-batches) without gradients, before the first optimizer step. One extra no-grad
+        pass over the trained items, so that the ratio starts at exactly 1."""
+        with self.phase("old_log_probs"):
+            for micro_batches, _ in steps:
+                for micro in micro_batches:
+                    with self.accelerator.autocast():
+                        micro.tensors["old_log_prob"] = self.method.policy_log_prob(micro, policy)
 
     # ------------------------------------------------------------------ state
 
     def state_dict(self) -> dict:
+        scaler = self.accelerator.scaler  # fp16's loss scale, which an exact resume needs
         return {
             "epoch": self.epoch,
             "optimizer": self.optimizer.state_dict(),
             "method": self.method.state_dict(),
+            "scaler": None if scaler is None else scaler.state_dict(),
         }
 
     def fingerprint(self) -> str:
@@ -297,6 +359,8 @@ class Trainer:
         self.epoch = state["epoch"]
         self.optimizer.load_state_dict(state["optimizer"])
         self.method.load_state_dict(state["method"])
+        if state.get("scaler") is not None and self.accelerator.scaler is not None:
+            self.accelerator.scaler.load_state_dict(state["scaler"])
 
 
 def gather_trajectories(trajectories: Trajectories, accelerator: Accelerator) -> Trajectories:
@@ -336,6 +400,12 @@ def make_accelerator(mixed_precision: str) -> Accelerator:
         mixed_precision = "no"
     # cpu=True lets accelerate run several CPU processes (gloo) under torchrun/accelerate launch
     return Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available())
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA runs kernels asynchronously)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _derive_seed(*parts: int) -> int:
@@ -398,6 +468,13 @@ def train(
     return trainer
 
 
+# Not accelerate's save_state/load_state (issue 10 asked; kept ours): save_state serialises every
+# prepared model's full state dict before its hooks run (the 3.4 GB SD-1.5 UNet at every
+# checkpoint, unless a hook drops it and the LoRA is saved here anyway), writes per-process RNG
+# files so it must run on every process into one shared folder (two barriers around the atomic
+# rename instead of a main-process write: the ddpo-pytorch hang), and the RNG states, samplers
+# and step counter it adds are what this loop does not need (every draw comes from (seed,
+# epoch)). What it would keep (optimizer, method buffers, counters, fp16 loss scale) is below.
 def save_state(trainer: Trainer, state_dir: Path) -> None:
     """Checkpoint the adapter and atomically replace ``state_dir/latest``."""
     state_dir.mkdir(parents=True, exist_ok=True)

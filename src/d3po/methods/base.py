@@ -7,6 +7,8 @@ A method is a subclass of :class:`Method` that declares what it needs as class a
   (the Pareto order of any number of objectives: only which image is better counts);
 - ``accepts_judgements``: whether it trains on a judged sample set (people's pairs);
 - ``needs_reference_log_probs``: whether the loop records log pi_ref of every sampled step;
+- ``needs_old_log_probs``: whether the loop recomputes, on the training path, the log-probs the
+  ratio is taken against (``old_log_prob`` of each item; the method's ``policy_log_prob``);
 - ``Options``: a frozen dataclass, the method's block in the config (fields, types, defaults).
 
 It turns one epoch's samples into (unit, item) training rows (``prepare``) and gives the loss
@@ -59,6 +61,12 @@ class Method:
     """Trains on a judged sample set (``d3po train --samples DIR --judgements FILE``)."""
     needs_reference_log_probs: ClassVar[bool] = False
     """The loop records log pi_ref (adapter off) of every step into the trajectories."""
+    needs_old_log_probs: ClassVar[bool] = False
+    """The loop sets each item's ``old_log_prob`` (log pi_old, the sampling policy) to
+    ``policy_log_prob`` computed without gradients before the epoch's first optimizer step, on
+    the very micro-batches, module and autocast of the training forward: the ratio starts at
+    exactly 1. (The log-probs recorded while sampling come from other batches, which in bf16
+    on a GPU differ by more than DDPO's 1e-4 ratio clip.)"""
     Options: ClassVar[type] = NoOptions
     """The method's config block: a frozen dataclass with a docstring under each field."""
 
@@ -72,6 +80,11 @@ class Method:
 
     def loss(self, items: Items, policy: Policy) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Per-item loss (N,) of a micro-batch and its diagnostics."""
+        raise NotImplementedError
+
+    def policy_log_prob(self, items: Items, policy: Policy) -> torch.Tensor:
+        """(N,) the log-probs whose ratio to ``old_log_prob`` the loss takes (methods that
+        declare ``needs_old_log_probs``); the loss must compute them with this same call."""
         raise NotImplementedError
 
     def state_dict(self) -> dict:

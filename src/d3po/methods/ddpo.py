@@ -6,6 +6,10 @@ batch statistics until the buffer holds ``min_count`` rewards), clipped, and use
 
     ratio = pi_theta(x_{t-1} | x_t) / pi_old(x_{t-1} | x_t)        (pi_old: the sampling policy)
     L     = mean( max( -A * ratio, -A * clip(ratio, 1 - clip_range, 1 + clip_range) ) )
+
+log pi_old is not the log-prob recorded while sampling but the same weights' log-prob recomputed
+by the loop on the training forward (``needs_old_log_probs``): other batch shapes give other
+rounding, and in bf16 that alone exceeds the 1e-4 clip for a quarter of the items.
 """
 
 from __future__ import annotations
@@ -92,6 +96,7 @@ class DDPO(Method):
     signal = "reward"
     accepts_judgements = False
     needs_reference_log_probs = False  # the ratio is against the sampling policy
+    needs_old_log_probs = True  # ... recomputed on the training path, so it starts at 1
     Options = DDPOOptions
 
     def __init__(self, options: DDPOOptions, training) -> None:
@@ -111,13 +116,15 @@ class DDPO(Method):
             "unit": unit,
             "step": step,
             "weight": torch.ones(len(unit)),
-            "old_log_prob": trajectories.log_probs.cpu()[unit, step],
             "advantage": advantages[unit],
         }
         return Items(tensors, num_units=feedback.num_samples)
 
+    def policy_log_prob(self, items: Items, policy: Policy) -> torch.Tensor:
+        return policy.log_prob(items["unit"], items["step"])
+
     def loss(self, items: Items, policy: Policy):
-        log_prob = policy.log_prob(items["unit"], items["step"])
+        log_prob = self.policy_log_prob(items, policy)
         device = log_prob.device
         return ppo_clip_loss(
             log_prob,

@@ -72,7 +72,8 @@ class DPOK(DDPO):
     Options = DPOKOptions
 
     def loss(self, items: Items, policy: Policy):
-        step = policy.step(items["unit"], items["step"])  # with gradients
+        # with gradients; its log_prob is DDPO's policy_log_prob (Policy.log_prob = step().log_prob)
+        step = policy.step(items["unit"], items["step"])
         reference = policy.reference_step(items["unit"], items["step"])  # adapter off
         device = step.log_prob.device
         kl = gaussian_kl(step.mean, reference.mean, step.std, policy.reduction)
