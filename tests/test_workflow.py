@@ -694,7 +694,7 @@ def test_one_score_job_per_set_and_one_per_table_the_evaluation_does_not_list(wo
     judgements = config["experiments"]["safety_judged"]["judgements"]
     del judgements["simulate"]
     judgements["proxy"] = "jpeg_incompressibility"
-    assert "jpeg_incompressibility" not in config["evaluation"]["proxies"]
+    config["evaluation"]["proxies"].remove("jpeg_incompressibility")
     (workdir / "scored.yaml").write_text(yaml.safe_dump(config))
     result = dry_run(workdir, "scored.yaml")
     output = result.stdout + result.stderr
@@ -702,5 +702,5 @@ def test_one_score_job_per_set_and_one_per_table_the_evaluation_does_not_list(wo
     counts = job_counts(output)
     assert counts["score_samples"] == 1 + checkpoint_sample_sets(config)  # and the base model
     assert counts["score_proxy"] == 1  # the round's set, on its judging proxy
-    tables = " ".join(f"{p}=" for p in config["evaluation"]["proxies"])
-    assert all(table in output for table in tables.split()), output
+    base_tables = ", ".join(f"results/scores/base/{p}.csv" for p in config["evaluation"]["proxies"])
+    assert f"output: {base_tables}\n" in output, output  # one job writes the set's tables

@@ -479,6 +479,12 @@ def as_json(function):
     return lambda wildcards: json.dumps(function(wildcards), separators=(",", ":"))
 
 
+def unevaluated_registered_proxies():
+    """Registered proxies the evaluation does not list (a round may judge by one of them)."""
+    listed = config["evaluation"]["proxies"]
+    return [name for name in REGISTERED_PROXIES or () if name not in listed]
+
+
 def evaluated_registered_proxies():
     """The evaluation's proxies that `d3po score` knows (all but the rule-based ones): one
     score job writes all their tables for a sample set."""

@@ -10,8 +10,6 @@
 # (Only when the evaluation lists a registered proxy: a rule needs an output.)
 if evaluated_registered_proxies():
 
-    ruleorder: score_samples > score_proxy
-
     rule score_samples:
         input:
             samples=f"{RESULTS}/samples/{{sample_set}}",
@@ -54,6 +52,9 @@ rule score_proxy:
         f"{RESULTS}/logs/score_proxy/{{sample_set}}/{{proxy}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/score_proxy/{{sample_set}}/{{proxy}}.tsv"
+    wildcard_constraints:
+        # only proxies score_samples does not write: the two never compete for a file
+        proxy=alternatives(unevaluated_registered_proxies()),
     group:
         "score"
     conda:
