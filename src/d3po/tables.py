@@ -21,8 +21,9 @@ the first checkpoint at which each other held-out rate fell significantly below 
 from __future__ import annotations
 
 import csv
+import functools
 import html
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -127,40 +128,51 @@ def collect_evaluation(
         for run, proxy, values in scored
         if run["method"] == BASE
     }
-    rows = [_evaluation_row(run, proxy, values, bases) for run, proxy, values in scored]
+    # every sample set's manifest read (and its images' existence checked) once, not once per
+    # proxy and again for each checkpoint compared with the base model
+    manifests = functools.cache(lambda folder: read_manifest(Path(folder)))
+    rows = [_evaluation_row(run, proxy, values, bases, manifests) for run, proxy, values in scored]
     table = pd.DataFrame(rows, columns=EVALUATION_COLUMNS)
     write_atomically(table, Path(out_csv))
     return table
 
 
-def _evaluation_row(run: dict, proxy: str, values: pd.Series, bases: dict) -> dict[str, Any]:
+def _evaluation_row(
+    run: dict, proxy: str, values: pd.Series, bases: dict, manifests: Callable
+) -> dict[str, Any]:
     low, high = mean_interval(values.to_numpy())
     row = {key: run[key] for key in RUN_KEYS} | {"round": run.get("round"), "proxy": proxy}
     row |= {"mean": values.mean(), "std": values.std(ddof=0), "n": len(values)}
-    row |= {"ci_low": low, "ci_high": high, "blank": _blank(proxy, run)}
+    row |= {"ci_low": low, "ci_high": high, "blank": _blank(proxy, run, manifests)}
     base = bases.get((run["experiment"], proxy))
-    if run["method"] != BASE and base is not None and _same_noise(run, base[0], values, base[1]):
+    if (
+        run["method"] != BASE
+        and base is not None
+        and _same_noise(run, base[0], values, base[1], manifests)
+    ):
         comparison = paired_comparison(values.to_numpy(), base[1].loc[values.index].to_numpy())
         row |= {"delta": comparison.delta, "delta_se": comparison.se}
         row |= {"p_value": comparison.p_value, "test": comparison.test}
     return row
 
 
-def _same_noise(run: dict, base_run: dict, values: pd.Series, base_values: pd.Series) -> bool:
+def _same_noise(
+    run: dict, base_run: dict, values: pd.Series, base_values: pd.Series, manifests: Callable
+) -> bool:
     """Image i of the two sets is a pair: the same ids and, where the manifests are known, the
     same noise seed for every id."""
     if set(values.index) != set(base_values.index):
         return False
     if "samples" not in run or "samples" not in base_run:
         return True
-    seeds = [read_manifest(Path(r["samples"])).set_index("id")["seed"] for r in (run, base_run)]
+    seeds = [manifests(r["samples"]).set_index("id")["seed"] for r in (run, base_run)]
     return seeds[0].sort_index().equals(seeds[1].sort_index())
 
 
-def _blank(proxy: str, run: dict) -> float:
+def _blank(proxy: str, run: dict, manifests: Callable) -> float:
     if "samples" not in run:
         return np.nan
-    first = read_manifest(Path(run["samples"]))["path"].iloc[0]
+    first = manifests(run["samples"])["path"].iloc[0]
     value = blank_image_value(proxy, Path(run["samples"]) / first)
     return np.nan if value is None else value
 
