@@ -56,3 +56,21 @@ def test_an_empty_or_truncated_metrics_file_is_an_error_naming_it(
     error = capsys.readouterr().err
     assert str(metrics) in error and error.count("\n") == 1
     assert not (tmp_path / "curves.png").exists()
+
+
+@pytest.mark.parametrize(
+    ("step", "option"),
+    [("score", "--proxy"), ("train", "--scores"), ("sample", "--checkpoint")],
+)
+def test_a_repeated_list_option_adds_to_the_list(step: str, option: str) -> None:
+    """`--proxy a=x --proxy b=y` means both (argparse's default keeps only the last)."""
+    settings = ["--settings", "{}"]
+    required = {
+        "score": ["--samples", "d"],
+        "train": [*settings, "--run-dir", "r", "--state-dir", "s"],
+        "sample": settings,
+    }[step]
+    arguments = [step, *required, option, "a=x.csv", option, "b=y.csv", "c=z.csv"]
+    parsed = vars(cli.build_parser().parse_args(arguments))
+    labels = [label for label, _ in parsed[option.removeprefix("--")]]
+    assert labels == ["a", "b", "c"]

@@ -302,6 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--checkpoint",
         type=_labelled,
         nargs="+",
+        action="extend",
         metavar="ADAPTER=DIR",
         help="sample several checkpoints with one model load: a sample set DIR per adapter",
     )
@@ -313,7 +314,12 @@ def build_parser() -> argparse.ArgumentParser:
     score = steps.add_parser("score", help="score a sample set with one or more proxies")
     score.add_argument("--samples", type=Path, required=True)
     score.add_argument(
-        "--proxy", type=_labelled, nargs="+", required=True, help="NAME=CSV: a proxy, its table"
+        "--proxy",
+        type=_labelled,
+        nargs="+",
+        action="extend",
+        required=True,
+        help="NAME=CSV: a proxy, its table",
     )
     score.add_argument("--options", type=_json, default=None, help="{proxy: {option: value}}")
     score.set_defaults(run=cmd_score)
@@ -325,7 +331,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--samples", type=Path, help="a sample set made with --trajectories")
     train.add_argument("--judgements", type=Path, help="JSON Lines judgements on --samples")
     train.add_argument(
-        "--scores", type=_labelled, nargs="+", help="PROXY=CSV score tables of --samples"
+        "--scores",
+        type=_labelled,
+        nargs="+",
+        action="extend",
+        help="PROXY=CSV score tables of --samples",
     )
     train.add_argument("--init-adapter", type=Path, help="start from this LoRA checkpoint")
     train.set_defaults(run=cmd_train)
@@ -357,20 +367,20 @@ def build_parser() -> argparse.ArgumentParser:
     collect.set_defaults(run=cmd_collect)
 
     curves = steps.add_parser("plot-curves", help="held-out reward vs samples seen")
-    curves.add_argument("--evaluation", type=Path, nargs="+", required=True)
-    curves.add_argument("--metrics", type=_labelled, nargs="*")
+    curves.add_argument("--evaluation", type=Path, nargs="+", action="extend", required=True)
+    curves.add_argument("--metrics", type=_labelled, nargs="*", action="extend")
     curves.add_argument("--objective", help="the proxy trained on (the training panel's unit)")
     curves.add_argument("--out", type=Path, required=True)
     curves.set_defaults(run=cmd_plot_curves)
 
     grid = steps.add_parser("plot-samples", help="before/after sample grid")
     grid.add_argument("--before", type=Path, required=True)
-    grid.add_argument("--after", type=_labelled, nargs="+", required=True)
+    grid.add_argument("--after", type=_labelled, nargs="+", action="extend", required=True)
     grid.add_argument("--out", type=Path, required=True)
     grid.set_defaults(run=cmd_plot_samples)
 
     table = steps.add_parser("table", help="the results table (CSV + Markdown)")
-    table.add_argument("--evaluation", type=Path, nargs="+", required=True)
+    table.add_argument("--evaluation", type=Path, nargs="+", action="extend", required=True)
     table.add_argument("--out-csv", type=Path, required=True)
     table.add_argument("--out-md", type=Path, required=True)
     table.add_argument("--out-html", type=Path, help="also an HTML page (for the report)")
