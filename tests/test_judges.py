@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from d3po.judges import judge, rate_with_ci, simulated_annotator
+from d3po.judges import judge, simulated_annotator
 from d3po.world import render, sample_dataset
 
 
@@ -108,13 +108,6 @@ def test_simulated_annotator():
     assert (simulated_annotator(a, a, pair_prompts, "toy_undistorted") == "tie").all()
     with pytest.raises(ValueError, match="aligned"):
         simulated_annotator(a, b, pair_prompts, "pretty")
-
-
-def test_rate_with_ci():
-    rate, low, high = rate_with_ci(np.array([True] * 30 + [False] * 70))
-    assert rate == pytest.approx(0.3)
-    assert (low, high) == pytest.approx((0.2189, 0.3958), abs=1e-3)  # Wilson, z = 1.96
-    assert rate_with_ci(np.ones(10, bool))[2] == pytest.approx(1.0)
 
 
 def test_components_are_four_connected_and_numbered_in_reading_order():

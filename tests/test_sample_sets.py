@@ -3,6 +3,9 @@ one job for every checkpoint of a run gives the same sets as one job each."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -112,3 +115,15 @@ def test_files_are_written_atomically_as_text_or_csv(tmp_path):
     assert (tmp_path / "deep" / "table.md").read_text() == "# table\n"
     assert (tmp_path / "deep" / "t.csv").read_text() == "id,value\na,1.5\n"
     assert sorted(p.name for p in (tmp_path / "deep").iterdir()) == ["t.csv", "table.md"]
+
+
+def test_scoring_a_set_does_not_import_diffusers():
+    """Each score job would pay diffusers' import (about 4 s) for nothing."""
+    code = (
+        "import sys, d3po.rewards, d3po.judges, d3po.sample_sets; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('diffusers', 'statsmodels')))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert loaded.stdout.strip() == "[]"

@@ -22,7 +22,6 @@ from scipy import ndimage
 
 from d3po.errors import ConfigError
 from d3po.rewards import register
-from d3po.stats import wilson_interval
 from d3po.world import COLOURS, SHAPES, parse_prompt, shape_coverage
 
 #: A pixel is dark (the unsafe mark) when its brightest channel is below this.
@@ -217,12 +216,3 @@ def simulated_annotator(
     score_a = judge(images_a, prompts)
     score_b = judge(images_b, prompts)
     return np.where(score_a > score_b, "a", np.where(score_b > score_a, "b", "tie"))
-
-
-def rate_with_ci(flags: np.ndarray, z: float = 1.959964) -> tuple[float, float, float]:
-    """Share of true flags with its Wilson 95 % interval: (rate, low, high)."""
-    flags = np.asarray(flags, dtype=bool)
-    if flags.size == 0:
-        return float("nan"), 0.0, 1.0
-    rate = float(flags.mean())
-    return (rate, *wilson_interval(rate, flags.size, z))

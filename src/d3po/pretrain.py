@@ -166,8 +166,9 @@ def evaluate(pipe, images_per_prompt: int = 8, seed: int = 10_000, guidance_scal
     Returns {judge name: (rate, low, high)} with Wilson 95 % intervals.
     """
     from d3po.config import SamplerSpec
-    from d3po.judges import judge, rate_with_ci
+    from d3po.judges import judge
     from d3po.sampling import sample
+    from d3po.stats import mean_interval
     from d3po.world import PROMPTS
 
     prompts = [p for p in PROMPTS for _ in range(images_per_prompt)]
@@ -175,7 +176,8 @@ def evaluate(pipe, images_per_prompt: int = 8, seed: int = 10_000, guidance_scal
     spec = SamplerSpec(num_steps=20, eta=1.0, guidance_scale=guidance_scale, images_per_call=64)
     images = sample(pipe, prompts, 1, seeds, spec).images  # (N, 3, H, W) in [0, 1]
     verdicts = judge(images, prompts)
-    return {name: rate_with_ci(flags) for name, flags in verdicts.items()}, images, prompts
+    rates = {name: (float(flags.mean()), *mean_interval(flags)) for name, flags in verdicts.items()}
+    return rates, images, prompts
 
 
 def write_report(out_dir: Path | str, guidance_scale: float = 4.0) -> dict:

@@ -5,8 +5,9 @@
     DIR/sampler.json     how the set was sampled: {sampler, log_prob_reduction, model, adapter}
     DIR/trajectories.pt  optional: every step's latents, log-probs, ... (sampling.Trajectories)
 
-A set is written atomically (a killed job leaves none); images convert between tensors and
-pixels with diffusers' ``VaeImageProcessor``.
+A set is written atomically (a killed job leaves none). Scoring a set needs only this module,
+torch, numpy and PIL: diffusers (about 4 s to import, paid by each of a workflow's score jobs)
+is imported only to read or write trajectories.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
@@ -22,7 +25,9 @@ from PIL import Image
 from d3po.atomic import folder_atomically
 from d3po.config import SampleSettings
 from d3po.errors import InputFileError, MissingFileError
-from d3po.sampling import Trajectories, load_trajectories, save_trajectories
+
+if TYPE_CHECKING:
+    from d3po.sampling import Trajectories
 
 MANIFEST = "manifest.csv"
 MANIFEST_COLUMNS = ("id", "prompt", "group", "seed", "path")
@@ -35,19 +40,17 @@ TRAJECTORIES = "trajectories.pt"
 
 def to_pil(images: torch.Tensor) -> list[Image.Image]:
     """Float images (B, 3, H, W) in [0, 1] -> 8-bit RGB images, rounding to nearest."""
-    from diffusers.image_processor import VaeImageProcessor
-
-    pixels = VaeImageProcessor.pt_to_numpy(images.detach().float().clamp(0, 1))  # (B, H, W, 3)
-    return VaeImageProcessor.numpy_to_pil(pixels)
+    # VaeImageProcessor.pt_to_numpy + numpy_to_pil, the same arithmetic, without diffusers' import.
+    pixels = (images.detach().float().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255).round()
+    return [Image.fromarray(image) for image in pixels.astype(np.uint8)]
 
 
 def read_set_images(samples_dir: Path, manifest: pd.DataFrame) -> torch.Tensor:
     """The images of ``manifest``'s rows, in its order: float tensor (B, 3, H, W) in [0, 1]."""
-    from diffusers.image_processor import VaeImageProcessor
-
+    # VaeImageProcessor.pil_to_numpy + numpy_to_pt, the same arithmetic, without diffusers' import.
     paths = [Path(samples_dir) / path for path in manifest["path"]]
-    pixels = VaeImageProcessor.pil_to_numpy([Image.open(path).convert("RGB") for path in paths])
-    return VaeImageProcessor.numpy_to_pt(pixels)
+    pixels = np.stack([np.asarray(Image.open(path).convert("RGB")) for path in paths])
+    return torch.from_numpy(pixels.astype(np.float32) / 255.0).permute(0, 3, 1, 2)
 
 
 # --------------------------------------------------------------------------- writing
@@ -90,6 +93,8 @@ def write_sample_set(
         manifest.to_csv(staging / MANIFEST, index=False)
         (staging / SAMPLER_RECORD).write_text(json.dumps(record, indent=1) + "\n")
         if trajectories is not None:
+            from d3po.sampling import save_trajectories
+
             save_trajectories(trajectories, staging / TRAJECTORIES)
     return manifest
 
@@ -132,6 +137,8 @@ def read_sampler_record(samples_dir: Path) -> dict:
 
 def read_trajectories(samples_dir: Path, manifest: pd.DataFrame) -> Trajectories:
     """``trajectories.pt`` of a set, checked to hold one trajectory per manifest row."""
+    from d3po.sampling import load_trajectories
+
     trajectories = load_trajectories(Path(samples_dir) / TRAJECTORIES)
     if len(trajectories.prompts) != len(manifest):
         raise InputFileError(
