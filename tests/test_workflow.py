@@ -142,7 +142,7 @@ def test_the_rules_conda_environment_installs_the_checkout_by_its_absolute_path(
 @pytest.mark.parametrize("config_file", CONFIGS, ids=[path.name for path in CONFIGS])
 def test_dry_run_of_every_config(workdir: Path, config_file: Path):
     config = yaml.safe_load(config_file.read_text())
-    result = dry_run(workdir, f"config/{config_file.name}")
+    result = dry_run(workdir, f"config/{config_file.name}", "--printshellcmds")
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     counts = job_counts(output)
@@ -160,6 +160,22 @@ def test_dry_run_of_every_config(workdir: Path, config_file: Path):
         assert counts[f"sample_checkpoints_{name}"] == runs
     assert counts["sample_baseline"] == 1
     assert not (workdir / "results").exists()
+    for run in train_settings_of(output):  # each run has its method's options, overrides applied
+        experiment = config["experiments"][run["experiment"]]
+        options = config.get("methods", {}).get(run["method"], {}) | experiment.get(
+            "method_options", {}
+        ).get(run["method"], {})
+        assert {k: run["method_options"][k] for k in options} == options, run
+
+
+def train_settings_of(output: str) -> list[dict]:
+    """The --settings of every `d3po train` command a dry run prints, with its experiment (from
+    --run-dir .../train/EXPERIMENT/METHOD/seedN[/roundR])."""
+    runs = []
+    for match in re.finditer(r"d3po train --settings '([^']*)' --run-dir \S*/train/(\w+)/", output):
+        runs.append(json.loads(match[1]) | {"experiment": match[2]})
+    assert runs, "no `d3po train` command in the dry run"
+    return runs
 
 
 # --------------------------------------------------------------------------- the slurm profile
@@ -428,6 +444,14 @@ def renamed_training_override(config):
     config["experiments"]["compressibility"]["training"] = {"batch_size": 2}
 
 
+def misspelt_experiment_method_option(config):
+    experiment(config)["method_options"] = {"d3po": {"bta": 1.0}}
+
+
+def options_of_a_method_the_experiment_does_not_train(config):
+    experiment(config)["method_options"] = {"dpok": {"kl_weight": 0.1}}
+
+
 def mistyped_field(config):
     config["training"]["epochs"] = "ten"
 
@@ -453,6 +477,14 @@ BAD_CONFIGS = {
         "(renamed to units_per_step)",
     ],
     mistyped_field: ["bad.yaml line", "training.epochs = 'ten'", "integer"],
+    misspelt_experiment_method_option: [
+        "experiments.compressibility.method_options.d3po",
+        "'bta'",
+    ],
+    options_of_a_method_the_experiment_does_not_train: [
+        "bad.yaml line",
+        "experiments.compressibility.method_options.dpok: dpok is not one of",
+    ],
     misspelt_proxy_option: ["bad.yaml line", ": proxies.jpeg_compressibility", "'qualty'"],
     mistyped_proxy_option: ["proxies.jpeg_incompressibility.quality", "expected int", "'high'"],
     unknown_prompt_list: ["experiments.compressibility.prompts", "animals", "shapes"],

@@ -173,6 +173,7 @@ def check_config(config):
         check_prompt_list(f"experiments.{name}.prompts", experiment["prompts"])
         check_proxies(f"experiments.{name}.objectives", experiment["objectives"])
         check_methods(name, experiment)
+        check_experiment_method_options(name, experiment)
         if experiment.get("judgements"):
             check_judged_experiment(name, experiment)
         else:
@@ -307,6 +308,25 @@ def check_methods(name, experiment):
             )
 
 
+def check_experiment_method_options(name, experiment):
+    """experiments.NAME.method_options: options of the experiment's own methods only."""
+    if METHOD_CLASSES is None:
+        return
+    from d3po.methods import parse_options
+
+    for method in experiment["method_options"]:
+        keys = ["experiments", name, "method_options", method]
+        if method not in experiment["methods"]:
+            raise WorkflowError(
+                f"{config_location(keys)}: {field_name(keys)}: {method} is not one of "
+                f"experiments.{name}.methods ({', '.join(experiment['methods'])})"
+            )
+        try:
+            parse_options(method, method_options(name, method), field_name(keys))
+        except ValueError as error:
+            raise WorkflowError(str(error)) from None
+
+
 def check_judged_experiment(name, experiment):
     """Feedback rounds train on judged sets: say what is missing or contradictory."""
     field = f"experiments.{name}"
@@ -430,6 +450,12 @@ def experiment_training(experiment):
     return config["training"] | config["experiments"][experiment]["training"]
 
 
+def method_options(experiment, method):
+    """The top-level options of ``method`` with the experiment's overrides applied."""
+    overrides = config["experiments"][experiment]["method_options"].get(method, {})
+    return config["methods"].get(method, {}) | overrides
+
+
 def checkpoint_epochs(experiment):
     """Epochs with a saved adapter: every checkpoint_every epochs, plus the last (never 0).
 
@@ -460,7 +486,7 @@ def train_settings(wildcards):
             if name in config["proxies"]
         },
         "training": experiment_training(wildcards.experiment),
-        "method_options": config["methods"].get(wildcards.method, {}),
+        "method_options": method_options(wildcards.experiment, wildcards.method),
     }
 
 
