@@ -28,14 +28,21 @@ $(STAMP): pyproject.toml | $(BIN)/python
 LAST_CONFIG := results/.make-run-config
 REPORT_CONFIG = $(if $(filter command line,$(origin CONFIG)),$(CONFIG),$(or $(shell cat $(LAST_CONFIG) 2>/dev/null),$(CONFIG)))
 
+# A missing or unparsable config stops here, in one line (Snakemake's own errors name neither
+# the file nor the line), before it is recorded for `make report`.
+CHECK_CONFIG = $(BIN)/d3po check-config
+
 run: $(STAMP)
+	$(CHECK_CONFIG) $(CONFIG)
 	mkdir -p results && echo '$(CONFIG)' > $(LAST_CONFIG)
 	$(SNAKEMAKE)
 
 dryrun: $(STAMP)
+	$(CHECK_CONFIG) $(CONFIG)
 	$(SNAKEMAKE) --dry-run
 
 report: $(STAMP)
+	$(CHECK_CONFIG) $(REPORT_CONFIG)
 	$(BIN)/snakemake --cores $(CORES) --configfile $(REPORT_CONFIG) --replace-workflow-config \
 		--report results/report.html
 

@@ -74,3 +74,12 @@ def test_a_repeated_list_option_adds_to_the_list(step: str, option: str) -> None
     parsed = vars(cli.build_parser().parse_args(arguments))
     labels = [label for label, _ in parsed[option.removeprefix("--")]]
     assert labels == ["a", "b", "c"]
+
+
+def test_check_config_passes_every_shipped_config_and_refuses_a_list(tmp_path: Path, capsys):
+    for config in sorted((Path(__file__).parents[1] / "config").glob("*.yaml")):
+        cli.main(["check-config", str(config)])
+    (tmp_path / "list.yaml").write_text("- epochs: 8\n")
+    with pytest.raises(SystemExit):
+        cli.main(["check-config", str(tmp_path / "list.yaml")])
+    assert "list.yaml: expected config fields (a YAML mapping)" in capsys.readouterr().err

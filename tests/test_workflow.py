@@ -616,6 +616,26 @@ def test_make_report_reuses_the_config_of_the_last_make_run(tmp_path: Path):
     assert "--configfile config/paper.yaml" in recipe("report", "CONFIG=config/paper.yaml")
 
 
+@pytest.mark.parametrize(
+    ("config", "error"),
+    [
+        ("missing.yaml", "d3po check-config: error: missing.yaml: no such config file"),
+        ("broken.yaml", "broken.yaml line 3, column 1: not valid YAML: expected ','"),
+    ],
+)
+def test_make_run_with_a_missing_or_broken_config_stops_in_one_line(tmp_path: Path, config, error):
+    """...and records nothing for `make report` (Snakemake's own errors name neither)."""
+    for name in ("Makefile", "pyproject.toml"):
+        shutil.copy(REPO / name, tmp_path / name)
+    (tmp_path / ".venv").symlink_to(Path(sys.executable).parent.parent)  # this venv, as built
+    (tmp_path / "broken.yaml").write_text("training:\n  epochs: [8\n")
+    make = ["make", "--old-file=.venv/.installed", "run", f"CONFIG={config}"]
+    result = subprocess.run(make, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert error in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert not (tmp_path / "results").exists()
+
+
 # --------------------------------------------------------------------------- feedback rounds
 
 

@@ -20,6 +20,7 @@
     d3po table    --evaluation CSV ... --out-csv CSV --out-md MD [--out-html HTML] [--paper JSON]
     d3po benchmark ...                                                throughput and memory
     d3po gpu-smoke                                                    what a job sees
+    d3po check-config FILE                          a workflow config: there, YAML, a mapping
 
 JSON arguments are inline JSON or the path of a JSON file.
 """
@@ -32,7 +33,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from d3po.errors import ConfigError, UserError
+from d3po.errors import ConfigError, InputFileError, MissingFileError, UserError
 
 
 def _json(value: str) -> Any:
@@ -215,6 +216,24 @@ def cmd_table(args: argparse.Namespace) -> None:
     print(Path(args.out_md).read_text() if len(summary) < 40 else f"wrote {args.out_md}")
 
 
+def cmd_check_config(args: argparse.Namespace) -> None:
+    """`make run` calls this first: Snakemake reports a missing config file with a traceback
+    and a YAML error without the file or line. The workflow checks the fields themselves."""
+    import yaml
+
+    path = args.file
+    if not path.is_file():
+        raise MissingFileError(f"{path}: no such config file")
+    try:
+        config = yaml.safe_load(path.read_text())
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise InputFileError(f"{path}{where}: not valid YAML: {error.problem}") from None
+    if not isinstance(config, dict):
+        raise InputFileError(f"{path}: expected config fields (a YAML mapping), got {config!r}")
+
+
 def cmd_benchmark(args: argparse.Namespace) -> None:
     from d3po.benchmark import main as benchmark_main
 
@@ -387,6 +406,10 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("--paper", type=_json, default=None)
     table.add_argument("--objectives", type=_json, default=None)
     table.set_defaults(run=cmd_table)
+
+    check = steps.add_parser("check-config", help="a workflow config file: there and YAML")
+    check.add_argument("file", type=Path)
+    check.set_defaults(run=cmd_check_config)
 
     for name, function, text in (
         ("benchmark", cmd_benchmark, "training throughput and peak memory"),
