@@ -478,6 +478,7 @@ BAD_CONFIGS = {
     ],
     mistyped_field: ["bad.yaml line", "training.epochs = 'ten'", "integer"],
     misspelt_experiment_method_option: [
+        "bad.yaml line",
         "experiments.compressibility.method_options.d3po",
         "'bta'",
     ],

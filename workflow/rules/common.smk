@@ -324,7 +324,7 @@ def check_experiment_method_options(name, experiment):
         try:
             parse_options(method, method_options(name, method), field_name(keys))
         except ValueError as error:
-            raise WorkflowError(str(error)) from None
+            raise WorkflowError(f"{config_location(keys)}: {error}") from None
 
 
 def check_judged_experiment(name, experiment):
