@@ -277,3 +277,19 @@ def test_the_results_table_reports_the_paired_change_and_the_content_change(tmp_
     assert shown["change, same noise"] == "0.06 ± 0.0058"
     effects = tables.side_effects(tables.read_evaluations(evaluation), objectives)
     assert effects["toy_safe"].tolist()[0] == 8 and effects["toy_safe"].isna().sum() == 2
+
+
+def test_side_effects_list_each_run_once_and_only_runs_that_exist() -> None:
+    """Experiments with other methods and budgets: no row for a method an experiment does not
+    train, and one row per run (not one per budget of any experiment)."""
+    rows = []
+    for experiment, method, last in (("a", "d3po", 16), ("a", "ddpo", 16), ("b", "rw", 8)):
+        for epoch in range(4, last + 1, 4):
+            fell = experiment == "a" and method == "d3po" and epoch >= 12
+            rows.append((experiment, method, 0, epoch, "toy_safe", -0.1, 0.01 if fell else 0.5))
+    columns = ["experiment", "method", "seed", "epoch", "proxy", "delta", "p_value"]
+    table = pd.DataFrame(rows, columns=columns).assign(test="mcnemar")
+    effects = tables.side_effects(table, {"a": "jpeg_compressibility", "b": "jpeg_compressibility"})
+    runs = list(zip(effects["experiment"], effects["method"], effects["last_epoch"], strict=True))
+    assert runs == [("a", "d3po", 16), ("a", "ddpo", 16), ("b", "rw", 8)]
+    assert effects["toy_safe"].iloc[0] == 12 and effects["toy_safe"].iloc[1:].isna().all()

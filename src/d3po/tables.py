@@ -310,15 +310,12 @@ def side_effects(table: pd.DataFrame, objectives: dict[str, str]) -> pd.DataFram
     rates = rates[rates["test"] == "mcnemar"]
     rates = rates[rates["proxy"] != rates["experiment"].map(lambda e: objectives.get(e, e))]
     fell = rates[(rates["delta"] < 0) & (rates["p_value"] < SIGNIFICANCE)]
-    first = fell.groupby(["experiment", "method", "seed", "proxy"])["epoch"].min()
-    runs = rates.groupby(["experiment", "method", "seed", "proxy"])["epoch"].max()
-    frame = pd.DataFrame({"first_epoch": first, "last_epoch": runs}).reset_index()
-    return frame.pivot_table(
-        index=["experiment", "method", "seed", "last_epoch"],
-        columns="proxy",
-        values="first_epoch",
-        dropna=False,
-    ).reset_index()
+    run = ["experiment", "method", "seed"]
+    first = fell.groupby([*run, "proxy"])["epoch"].min().unstack("proxy")
+    last = rates.groupby(run)["epoch"].max().rename("last_epoch")
+    # one row per run that exists (a pivot would list every experiment x method x seed)
+    frame = last.to_frame().join(first)
+    return frame.reindex(columns=["last_epoch", *sorted(rates["proxy"].unique())]).reset_index()
 
 
 def _side_effects_markdown(effects: pd.DataFrame) -> str:
