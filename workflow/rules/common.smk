@@ -265,14 +265,19 @@ def check_method_options():
     """Each block of config 'methods' names a method and holds only its declared options."""
     if METHOD_CLASSES is None:
         return
-    from d3po.methods import parse_options
-
     for name, options in config["methods"].items():
         check_method_name(["methods", name], name)
-        try:
-            parse_options(name, options, f"methods.{name}")
-        except ValueError as error:
-            raise WorkflowError(str(error)) from None
+        check_options_of(name, options, ["methods", name])
+
+
+def check_options_of(method, options, keys):
+    """The method declares every option and its type; else one line: file and line, field."""
+    from d3po.methods import parse_options
+
+    try:
+        parse_options(method, options, field_name(keys))
+    except ValueError as error:
+        raise WorkflowError(f"{config_location(keys)}: {error}") from None
 
 
 def check_method_name(keys, name):
@@ -312,8 +317,6 @@ def check_experiment_method_options(name, experiment):
     """experiments.NAME.method_options: options of the experiment's own methods only."""
     if METHOD_CLASSES is None:
         return
-    from d3po.methods import parse_options
-
     for method in experiment["method_options"]:
         keys = ["experiments", name, "method_options", method]
         if method not in experiment["methods"]:
@@ -321,10 +324,7 @@ def check_experiment_method_options(name, experiment):
                 f"{config_location(keys)}: {field_name(keys)}: {method} is not one of "
                 f"experiments.{name}.methods ({', '.join(experiment['methods'])})"
             )
-        try:
-            parse_options(method, method_options(name, method), field_name(keys))
-        except ValueError as error:
-            raise WorkflowError(f"{config_location(keys)}: {error}") from None
+        check_options_of(method, method_options(name, method), keys)
 
 
 def check_judged_experiment(name, experiment):
