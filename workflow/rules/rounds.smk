@@ -8,6 +8,11 @@ localrules:
     simulate_judgements,
 
 
+# A round's chain (sample, judge, train from the previous adapter) is a run's longest serial
+# path: scheduled first, its training runs beside the online runs instead of after them.
+ROUND_PRIORITY = 1
+
+
 rule sample_round:
     input:
         unpack(round_start),
@@ -17,6 +22,7 @@ rule sample_round:
         f"{RESULTS}/logs/sample_round/{{experiment}}/round{{round}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/sample_round/{{experiment}}/round{{round}}.tsv"
+    priority: ROUND_PRIORITY
     conda:
         JOB_ENV
     threads: job_threads("sample")
@@ -39,6 +45,7 @@ rule simulate_judgements:
         f"{RESULTS}/logs/simulate_judgements/{{experiment}}/round{{round}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/simulate_judgements/{{experiment}}/round{{round}}.tsv"
+    priority: ROUND_PRIORITY
     conda:
         JOB_ENV
     params:
@@ -66,6 +73,7 @@ rule train_round:
         f"{RESULTS}/logs/train_round/{{experiment}}/{{method}}/seed{{seed}}/round{{round}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/train_round/{{experiment}}/{{method}}/seed{{seed}}/round{{round}}.tsv"
+    priority: ROUND_PRIORITY
     conda:
         JOB_ENV
     threads: job_threads("train")
