@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from d3po.labelling.tasks import Task
+from d3po.labelling.tasks import Task, load_sample_set
 from d3po.preferences import judged_images, live_judgements, read_judgements
 
 
@@ -123,8 +123,6 @@ class Assignments:
 def prompts_left(samples_dir: Path, judgements: Path, annotators_per_prompt: int = 1) -> int:
     """Prompts of a sample set that fewer than ``annotators_per_prompt`` people decided yet
     (0: the set is fully judged; a missing record: every prompt)."""
-    from d3po.labelling.tasks import load_sample_set
-
     samples = load_sample_set(samples_dir, "best")  # every protocol has one task per prompt
     state = Assignments(samples.tasks, annotators_per_prompt)
     if Path(judgements).is_file():
