@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -71,22 +71,15 @@ def run(annotators: int, decisions: int, protocol: str, images_per_prompt: int) 
         write_world_set(samples, decisions, images_per_prompt)
         options = ("--protocol", protocol, "--annotators-per-prompt", str(annotators))
         with app_process(samples, record, *options) as (url, _):
-            saved: list[list[str]] = [[] for _ in range(annotators)]
-
-            def client(i: int) -> None:
-                saved[i] = judge_all(url, f"annotator{i}", protocol, decisions)
-
-            threads = [threading.Thread(target=client, args=(i,)) for i in range(annotators)]
+            names = [f"annotator{i}" for i in range(annotators)]
             start = time.perf_counter()
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
+            with ThreadPoolExecutor(annotators) as pool:  # one thread per annotator, all at once
+                saved = list(pool.map(lambda who: judge_all(url, who, protocol, decisions), names))
             seconds = time.perf_counter() - start
-        total = sum(map(len, saved))
-        if total != annotators * decisions or len(read_judgements(record)) != total:
-            raise RuntimeError(f"{total} decisions confirmed, {len(read_judgements(record))} "
-                               f"recorded, {annotators * decisions} expected")  # fmt: skip
+        total, recorded = sum(map(len, saved)), len(read_judgements(record))
+        if not total == recorded == annotators * decisions:
+            raise RuntimeError(f"{total} decisions confirmed, {recorded} recorded, "
+                               f"{annotators * decisions} expected")  # fmt: skip
     return total / seconds
 
 
