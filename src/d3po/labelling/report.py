@@ -37,8 +37,6 @@ def _units(live: pd.DataFrame) -> dict[str, dict[str, dict[tuple, Any]]]:
 
 def _agreement(by_annotator: dict[str, dict[tuple, Any]], level: str) -> dict[str, Any]:
     """Raw agreement per pair of annotators and overall, and Krippendorff's alpha."""
-    import krippendorff
-
     annotators = sorted(who for who, units in by_annotator.items() if units)
     pairs, agreeing, shared_total = [], 0, 0
     for first, second in itertools.combinations(annotators, 2):
@@ -53,26 +51,24 @@ def _agreement(by_annotator: dict[str, dict[tuple, Any]], level: str) -> dict[st
     return {
         "units_judged_by_several": len(several),
         "pairwise_agreement": agreeing / shared_total if shared_total else None,
-        "krippendorff_alpha": _alpha(by_annotator, annotators, several, level, krippendorff),
+        "krippendorff_alpha": _alpha(by_annotator, annotators, several, level),
         "level": level,
         "pairs_of_annotators": pairs,
     }
 
 
-def _alpha(by_annotator, annotators, units, level, krippendorff) -> float | None:
+def _alpha(by_annotator, annotators, units, level) -> float | None:
     """Krippendorff's alpha over ``units`` (annotators x units, missing values as NaN)."""
+    import krippendorff
+
     if not units:
         return None
-    values = [by_annotator[who].get(unit) for who in annotators for unit in units]
-    codes = {
-        value: code for code, value in enumerate(sorted({str(v) for v in values if v is not None}))
-    }
-    if level == "nominal":
-        values = [None if value is None else codes[str(value)] for value in values]
-    data = np.array([np.nan if v is None else v for v in values], dtype=float)
-    data = data.reshape(len(annotators), len(units))
-    if len(codes) < 2:
+    values = pd.Series([by_annotator[who].get(unit) for who in annotators for unit in units])
+    if values.nunique() < 2:
         return 1.0  # one value for everything: alpha is undefined, the agreement full
+    if level == "nominal":  # choices (image ids, "tie") as numbers; missing ones stay NaN
+        values = pd.Series(pd.factorize(values, sort=True)[0]).replace(-1, np.nan)
+    data = values.to_numpy(dtype=float).reshape(len(annotators), len(units))
     return float(krippendorff.alpha(reliability_data=data, level_of_measurement=level))
 
 
