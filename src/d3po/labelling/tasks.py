@@ -73,7 +73,5 @@ def load_sample_set(samples_dir: Path, protocol: str) -> SampleSet:
             images = tuple(images[i] for i in chosen)
         key = task_key(group)
         tasks[key] = Task(key, int(group), str(rows["prompt"].iloc[0]), images)
-    group_of = {
-        image: task_key(g) for image, g in zip(manifest["id"], manifest["group"], strict=True)
-    }
+    group_of = dict(zip(manifest["id"], manifest["group"].map(task_key), strict=True))
     return SampleSet(root, manifest, tasks, files, group_of)
