@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints
 from d3po.errors import ConfigError
 from d3po.labelling.assign import Assignments
 from d3po.labelling.guard import is_loopback, protect
+from d3po.labelling.report import label_report
 from d3po.labelling.tasks import SampleSet, Task, load_sample_set
 from d3po.preferences import JudgementRecord, read_judgements
 
@@ -230,8 +231,6 @@ def create_app(
 
 
 def _add_routes(app: FastAPI, labeller: Labeller) -> None:
-    from d3po.labelling.report import label_report
-
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:
         return FileResponse(_static() / "index.html")
