@@ -102,7 +102,7 @@ class Assignments:
 
     def progress(self, annotator: str, now: float) -> dict[str, int]:
         """Counts for the two progress bars: this annotator's and the whole set's."""
-        mine = len(self.done_by(annotator))
+        mine = sum(annotator in who for who in self.done.values())
         needed = len(self.tasks) * self.annotators_per_prompt
         covered = sum(min(len(who), self.annotators_per_prompt) for who in self.done.values())
         left = set(self.open_tasks(annotator, now))
@@ -115,9 +115,6 @@ class Assignments:
             "set_done": covered,
             "set_total": needed,
         }
-
-    def done_by(self, annotator: str) -> list[str]:
-        return [task for task, who in self.done.items() if annotator in who]
 
 
 def prompts_left(samples_dir: Path, judgements: Path, annotators_per_prompt: int = 1) -> int:
