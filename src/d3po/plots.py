@@ -35,12 +35,12 @@ METRICS_COLUMNS = ("samples_seen", "reward_mean")
 # ---------------------------------------------------------------------------------------------
 
 
-def _curve_label(experiment: str, method: str, several_experiments: bool) -> str:
-    return f"{experiment}: {method}" if several_experiments else method
-
-
-def _axis_label(name: str, unit: str, what: str) -> str:
-    return f"{name} ({unit}), {what}" if unit else f"{name}, {what}"
+def _finish_panel(axis: plt.Axes, title: str, quantity: str, unit: str, what: str) -> None:
+    """Title, legend and grid of a panel; x: samples seen, y: ``quantity (unit), what``."""
+    ylabel = f"{quantity} ({unit}), {what}" if unit else f"{quantity}, {what}"
+    axis.set(title=title, xlabel="training samples seen (images)", ylabel=ylabel)
+    axis.legend(fontsize="small")
+    axis.grid(alpha=0.3)
 
 
 def _plot_proxy_panel(axis: plt.Axes, table: pd.DataFrame, proxy: str) -> None:
@@ -52,7 +52,7 @@ def _plot_proxy_panel(axis: plt.Axes, table: pd.DataFrame, proxy: str) -> None:
     rows = table[table["proxy"] == proxy]
     several = rows["experiment"].nunique() > 1
     for (experiment, method), curve in rows.groupby(["experiment", "method"], sort=True):
-        label = _curve_label(experiment, method, several)
+        label = f"{experiment}: {method}" if several else method
         if method == BASE:
             axis.axhline(curve["mean"].mean(), color="gray", linestyle="--", label=label)
             axis.axhspan(curve["ci_low"].min(), curve["ci_high"].max(), color="gray", alpha=0.1)
@@ -68,11 +68,7 @@ def _plot_proxy_panel(axis: plt.Axes, table: pd.DataFrame, proxy: str) -> None:
             per_step.index, per_step["low"], per_step["high"], color=line.get_color(), alpha=0.2
         )
         _mark_rounds(axis, curve, line.get_color())
-    axis.set_title(f"held-out {proxy}")
-    axis.set_xlabel("training samples seen (images)")
-    axis.set_ylabel(_axis_label(proxy, proxy_unit(proxy), "mean over images"))
-    axis.legend(fontsize="small")
-    axis.grid(alpha=0.3)
+    _finish_panel(axis, f"held-out {proxy}", proxy, proxy_unit(proxy), "mean over images")
 
 
 def _mark_rounds(axis: plt.Axes, curve: pd.DataFrame, color: str) -> None:
@@ -80,7 +76,7 @@ def _mark_rounds(axis: plt.Axes, curve: pd.DataFrame, color: str) -> None:
     numbered = curve[curve["round"] > 0]  # online runs have none, the base model is round 0
     ends = numbered.groupby("round")["samples_seen"].max()
     for number in ends.index[1:]:
-        start = ends[number - 1] if number - 1 in ends.index else 0
+        start = ends.get(number - 1, 0)
         axis.axvline(start, color=color, linestyle=":", alpha=0.6)
         axis.annotate(
             f"round {int(number)}",
@@ -103,11 +99,7 @@ def _training_rewards(metrics_csvs: dict[str, Path] | None) -> dict[str, pd.Data
 def _plot_metrics_panel(axis: plt.Axes, metrics: dict[str, pd.DataFrame], unit: str) -> None:
     for label, table in metrics.items():
         axis.plot(table["samples_seen"], table["reward_mean"], label=label)
-    axis.set_title("training batches")
-    axis.set_xlabel("training samples seen (images)")
-    axis.set_ylabel(_axis_label("reward", unit, "mean over the epoch's images"))
-    axis.legend(fontsize="small")
-    axis.grid(alpha=0.3)
+    _finish_panel(axis, "training batches", "reward", unit, "mean over the epoch's images")
 
 
 def curves_figure(
@@ -150,7 +142,10 @@ def plot_curves(
     objective: str | None = None,
 ) -> None:
     """Write :func:`curves_figure` to ``out_png``."""
-    figure = curves_figure(evaluation_csv, metrics_csvs, objective)
+    _save(curves_figure(evaluation_csv, metrics_csvs, objective), out_png)
+
+
+def _save(figure: plt.Figure, out_png: Path) -> None:
     Path(out_png).parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out_png, dpi=120)
     plt.close(figure)
@@ -194,8 +189,7 @@ def sample_grid(
     for row, prompt in enumerate(prompts):
         for col, (label, images) in enumerate(columns.items()):
             axis = axes[row][col]
-            axis.set_xticks([])
-            axis.set_yticks([])
+            axis.set(xticks=[], yticks=[])
             if prompt in images:
                 axis.imshow(_upscaled(images[prompt]), interpolation="nearest")
             else:
@@ -205,6 +199,4 @@ def sample_grid(
             if col == 0:
                 axis.set_ylabel(textwrap.fill(prompt, 24), fontsize="small")
     figure.tight_layout()
-    Path(out_png).parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(out_png, dpi=120)
-    plt.close(figure)
+    _save(figure, out_png)

@@ -68,14 +68,14 @@ def paired_comparison(after: np.ndarray, before: np.ndarray) -> PairedComparison
     if after.shape != before.shape or after.size == 0:
         raise ValueError(f"paired samples differ in size: {after.shape} vs {before.shape}")
     differences = after - before
+    delta = float(differences.mean())
     se = float(differences.std(ddof=1) / np.sqrt(differences.size)) if after.size > 1 else np.nan
     if is_binary(after) and is_binary(before):
         gained = int(((after == 1) & (before == 0)).sum())
         lost = int(((after == 0) & (before == 1)).sum())
         table = [[0, gained], [lost, 0]]
         p_value = float(mcnemar(table, exact=True).pvalue) if gained + lost else 1.0
-        return PairedComparison(float(differences.mean()), se, p_value, "mcnemar")
-    if not np.any(differences) or after.size < 2:
-        return PairedComparison(float(differences.mean()), se, 1.0, "paired-t")
-    p_value = float(scipy_stats.ttest_rel(after, before).pvalue)
-    return PairedComparison(float(differences.mean()), se, p_value, "paired-t")
+        return PairedComparison(delta, se, p_value, "mcnemar")
+    changed = np.any(differences) and after.size > 1
+    p_value = float(scipy_stats.ttest_rel(after, before).pvalue) if changed else 1.0
+    return PairedComparison(delta, se, p_value, "paired-t")

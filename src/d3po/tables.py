@@ -192,14 +192,11 @@ def _by_round(runs: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     """(label, rows) per method, and per round for feedback rounds ("d3po round 2")."""
     groups = []
     for method, method_runs in runs.groupby("method", sort=True):
-        rounds = method_runs["round"].dropna()
-        if rounds.empty:
+        if method_runs["round"].isna().all():
             groups.append((method, method_runs))
-            continue
-        for number in sorted(rounds.unique()):
-            groups.append(
-                (f"{method} round {int(number)}", method_runs[method_runs["round"] == number])
-            )
+        else:  # groupby drops the rows whose round is NaN
+            rounds = method_runs.groupby("round", sort=True)
+            groups += [(f"{method} round {int(number)}", rows) for number, rows in rounds]
     return groups
 
 
@@ -289,11 +286,13 @@ TABLE_NOTE = (
 )
 
 
-def _cells(summary: pd.DataFrame, bold: str) -> pd.DataFrame:
-    """The shown table: TABLE_COLUMNS of every summary row, the objective proxy wrapped in
-    ``bold`` (a format string)."""
+def _cells(
+    summary: pd.DataFrame, bold: str, escape: Callable[[str], str] = lambda cell: cell
+) -> pd.DataFrame:
+    """The shown table: TABLE_COLUMNS of every summary row, each cell passed through ``escape``
+    (HTML escaping for the page), then the objective proxy wrapped in ``bold`` (a format string)."""
     shown = pd.DataFrame(
-        [[show(row) for show in TABLE_COLUMNS.values()] for row in summary.itertuples()],
+        [[escape(show(row)) for show in TABLE_COLUMNS.values()] for row in summary.itertuples()],
         columns=list(TABLE_COLUMNS),
     )
     shown["proxy"] = [
@@ -321,10 +320,9 @@ def side_effects(table: pd.DataFrame, objectives: dict[str, str]) -> pd.DataFram
 def _side_effects_markdown(effects: pd.DataFrame) -> str:
     if effects.empty:
         return ""
-    shown = effects.copy()
-    for proxy in effects.columns[4:]:
-        shown[proxy] = ["-" if pd.isna(epoch) else f"{epoch:g}" for epoch in effects[proxy]]
-    shown = shown.rename(columns={"last_epoch": "epochs trained"})
+    proxies = effects.columns[4:]  # after experiment, method, seed and last_epoch
+    shown = effects.rename(columns={"last_epoch": "epochs trained"})
+    shown[proxies] = effects[proxies].map(lambda epoch: "-" if pd.isna(epoch) else f"{epoch:g}")
     return (
         "\nFirst checkpoint epoch at which a held-out rate fell below the base model "
         f"(McNemar p < {SIGNIFICANCE}, same noise); '-': not up to the last.\n\n"
@@ -335,11 +333,7 @@ def _side_effects_markdown(effects: pd.DataFrame) -> str:
 
 def _html(summary: pd.DataFrame) -> str:
     """The same table as a small HTML page (the Snakemake report shows HTML files inline)."""
-    shown = _cells(summary, "{}").map(lambda cell: html.escape(str(cell)))
-    shown["proxy"] = [
-        f"<b>{proxy}</b>" if objective else proxy
-        for proxy, objective in zip(shown["proxy"], summary["objective"], strict=True)
-    ]
+    shown = _cells(summary, "<b>{}</b>", lambda cell: html.escape(str(cell)))
     style = (
         "table{border-collapse:collapse;font-family:sans-serif;font-size:14px}"
         "th,td{border:1px solid #ccc;padding:3px 8px;text-align:left}"
