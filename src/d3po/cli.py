@@ -28,6 +28,7 @@ JSON arguments are inline JSON or the path of a JSON file.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -51,6 +52,10 @@ def _labelled(value: str) -> tuple[str, Path]:
     if not sep:
         raise argparse.ArgumentTypeError(f"expected LABEL=PATH, got '{value}'")
     return label, Path(path)
+
+
+#: A list of LABEL=PATH values; a repeated option adds to it (argparse's default keeps the last).
+LABELLED_LIST = {"type": _labelled, "nargs": "+", "action": "extend"}
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
@@ -169,12 +174,6 @@ def cmd_label_import(args: argparse.Namespace) -> None:
     print(f"appended {count} judgements ({args.format}) to {args.out}")
 
 
-def cmd_label_benchmark(args: argparse.Namespace) -> None:
-    from d3po.labelling.benchmark import main as label_benchmark_main
-
-    label_benchmark_main(args.rest)
-
-
 def cmd_collect(args: argparse.Namespace) -> None:
     from d3po.scores import check_run_scores
     from d3po.tables import collect_evaluation
@@ -234,22 +233,29 @@ def cmd_check_config(args: argparse.Namespace) -> None:
         raise InputFileError(f"{path}: expected config fields (a YAML mapping), got {config!r}")
 
 
-def cmd_benchmark(args: argparse.Namespace) -> None:
-    from d3po.benchmark import main as benchmark_main
+#: Steps whose own parser takes the remaining arguments (`d3po benchmark --help`): the module
+#: whose ``main(argv)`` runs the step, and the step's help line.
+FORWARDED = {
+    "label-benchmark": ("d3po.labelling.benchmark", "decisions/s of the labelling app"),
+    "benchmark": ("d3po.benchmark", "training throughput and peak memory"),
+    "pretrain-toy": ("d3po.pretrain", "pretrain the embedded toy model"),
+}
 
-    benchmark_main(args.rest)
+
+def cmd_forwarded(args: argparse.Namespace) -> None:
+    """Run the step's module's own ``main`` on the arguments `d3po` left unparsed."""
+    importlib.import_module(FORWARDED[args.step][0]).main(args.rest)
+
+
+def _add_forwarded(steps: argparse._SubParsersAction, name: str) -> None:
+    parser = steps.add_parser(name, help=FORWARDED[name][1], add_help=False)
+    parser.set_defaults(run=cmd_forwarded)
 
 
 def cmd_gpu_smoke(args: argparse.Namespace) -> None:
     from d3po.benchmark import gpu_smoke
 
     gpu_smoke()
-
-
-def cmd_pretrain_toy(args: argparse.Namespace) -> None:
-    from d3po.pretrain import main as pretrain_main
-
-    pretrain_main(args.rest)
 
 
 PROTOCOL_CHOICES = ("best", "score", "pairwise")
@@ -304,9 +310,7 @@ def _add_label_parsers(steps: argparse._SubParsersAction) -> None:
     )
     imports.set_defaults(run=cmd_label_import)
 
-    steps.add_parser(
-        "label-benchmark", help="decisions/s of the labelling app", add_help=False
-    ).set_defaults(run=cmd_label_benchmark)
+    _add_forwarded(steps, "label-benchmark")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -319,9 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--adapter", type=Path, help="a LoRA checkpoint folder")
     sample.add_argument(
         "--checkpoint",
-        type=_labelled,
-        nargs="+",
-        action="extend",
+        **LABELLED_LIST,
         metavar="ADAPTER=DIR",
         help="sample several checkpoints with one model load: a sample set DIR per adapter",
     )
@@ -333,12 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     score = steps.add_parser("score", help="score a sample set with one or more proxies")
     score.add_argument("--samples", type=Path, required=True)
     score.add_argument(
-        "--proxy",
-        type=_labelled,
-        nargs="+",
-        action="extend",
-        required=True,
-        help="NAME=CSV: a proxy, its table",
+        "--proxy", **LABELLED_LIST, required=True, help="NAME=CSV: a proxy, its table"
     )
     score.add_argument("--options", type=_json, default=None, help="{proxy: {option: value}}")
     score.set_defaults(run=cmd_score)
@@ -349,13 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--state-dir", type=Path, required=True)
     train.add_argument("--samples", type=Path, help="a sample set made with --trajectories")
     train.add_argument("--judgements", type=Path, help="JSON Lines judgements on --samples")
-    train.add_argument(
-        "--scores",
-        type=_labelled,
-        nargs="+",
-        action="extend",
-        help="PROXY=CSV score tables of --samples",
-    )
+    train.add_argument("--scores", **LABELLED_LIST, help="PROXY=CSV score tables of --samples")
     train.add_argument("--init-adapter", type=Path, help="start from this LoRA checkpoint")
     train.set_defaults(run=cmd_train)
 
@@ -394,7 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     grid = steps.add_parser("plot-samples", help="before/after sample grid")
     grid.add_argument("--before", type=Path, required=True)
-    grid.add_argument("--after", type=_labelled, nargs="+", action="extend", required=True)
+    grid.add_argument("--after", **LABELLED_LIST, required=True)
     grid.add_argument("--out", type=Path, required=True)
     grid.set_defaults(run=cmd_plot_samples)
 
@@ -411,20 +402,19 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("file", type=Path)
     check.set_defaults(run=cmd_check_config)
 
-    for name, function, text in (
-        ("benchmark", cmd_benchmark, "training throughput and peak memory"),
-        ("gpu-smoke", cmd_gpu_smoke, "devices, versions and a tiny forward pass"),
-        ("pretrain-toy", cmd_pretrain_toy, "pretrain the embedded toy model"),
-    ):
-        # their own parsers take the remaining arguments (`d3po benchmark --help`)
-        steps.add_parser(name, help=text, add_help=False).set_defaults(run=function)
+    _add_forwarded(steps, "benchmark")
+    smoke = steps.add_parser(
+        "gpu-smoke", help="devices, versions and a tiny forward pass", add_help=False
+    )
+    smoke.set_defaults(run=cmd_gpu_smoke)
+    _add_forwarded(steps, "pretrain-toy")
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
-    if args.run in (cmd_benchmark, cmd_pretrain_toy, cmd_label_benchmark):
+    if args.step in FORWARDED:
         args.rest = rest
     elif rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")

@@ -91,8 +91,6 @@ class TrainSettings:
             raise ConfigError("prompts: the training prompt list is empty")
         if not self.objectives:
             raise ConfigError("objectives: name at least one proxy objective")
-        from dataclasses import asdict
-
         from d3po.methods import method_class, parse_options
 
         method = method_class(self.method)
@@ -104,7 +102,7 @@ class TrainSettings:
             )
         # with every default filled in, so that a saved state's settings compare exactly
         options = parse_options(self.method, self.method_options, "method_options")
-        object.__setattr__(self, "method_options", asdict(options))
+        object.__setattr__(self, "method_options", dataclasses.asdict(options))
 
 
 @dataclass(frozen=True)
@@ -140,24 +138,20 @@ def _build(cls: type[T], data: Any, where: str) -> T:
     unknown = sorted(set(data) - fields)
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(fields)}")
-    values = {name: _convert(hints[name], value, f"{where}.{name}") for name, value in data.items()}
+    values = {key: typed_value(hints[key], value, f"{where}.{key}") for key, value in data.items()}
     return cls(**values)
 
 
 def typed_value(hint: Any, value: Any, where: str) -> Any:
     """``value`` checked against the type ``hint`` (int, float, str, bool, ``X | None``,
     tuple or a settings dataclass); ConfigError naming ``where`` otherwise."""
-    return _convert(hint, value, where)
-
-
-def _convert(hint: Any, value: Any, where: str) -> Any:
     if dataclasses.is_dataclass(hint):
         return _build(hint, value, where)
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (types.UnionType, typing.Union):  # X | None
         if value is None:
             return None
-        return _convert(next(a for a in args if a is not type(None)), value, where)
+        return typed_value(next(a for a in args if a is not type(None)), value, where)
     if origin is tuple:
         if not isinstance(value, list | tuple):
             raise ConfigError(f"{where}: expected a list, got {value!r}")

@@ -15,6 +15,7 @@ The judges are registered as reward proxies (higher is better): ``toy_undistorte
 from __future__ import annotations
 
 import functools
+import itertools
 
 import numpy as np
 import torch
@@ -142,19 +143,16 @@ def _templates(size: int) -> tuple[np.ndarray, np.ndarray]:
     """
     scale = size / 16
     lowest, highest = int(2 * scale), size - int(2 * scale)  # integer part of the centres kept
+    sides, phases = np.arange(6.0, 13.5, 0.5) * scale, (0.0, 0.5)
+    variants = itertools.product(range(len(SHAPES)), sides, phases, phases)
     masks, shapes = [], []
-    for index, shape in enumerate(SHAPES):
-        for side in np.arange(6.0, 13.5, 0.5) * scale:
-            for phase_x in (0.0, 0.5):
-                for phase_y in (0.0, 0.5):
-                    canvas = shape_coverage(shape, side, (size + phase_x, size + phase_y), 2 * size)
-                    windows = np.lib.stride_tricks.sliding_window_view(canvas, (size, size))
-                    # window (a, b) is the shape centred at (size - b + phase_x, size - a + phase_y)
-                    kept = windows[
-                        size - highest : size - lowest + 1, size - highest : size - lowest + 1
-                    ]
-                    masks.append(kept.reshape(-1, size * size))
-                    shapes.extend([index] * len(masks[-1]))
+    for index, side, phase_x, phase_y in variants:
+        canvas = shape_coverage(SHAPES[index], side, (size + phase_x, size + phase_y), 2 * size)
+        windows = np.lib.stride_tricks.sliding_window_view(canvas, (size, size))
+        # window (a, b) is the shape centred at (size - b + phase_x, size - a + phase_y)
+        kept = windows[size - highest : size - lowest + 1, size - highest : size - lowest + 1]
+        masks.append(kept.reshape(-1, size * size))
+        shapes.extend([index] * len(masks[-1]))
     return np.concatenate(masks).astype(np.float32), np.array(shapes)
 
 

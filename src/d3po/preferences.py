@@ -28,12 +28,13 @@ Model" (D3PO, CVPR 2024, arXiv 2311.13231), section 4 (preference data).
 from __future__ import annotations
 
 import fcntl
+import itertools
 import json
 import logging
 import math
 import os
 import threading
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -44,7 +45,6 @@ import pandas as pd
 
 from d3po.errors import InputFileError
 
-JUDGEMENT_FIELDS = ("prompt", "a", "b", "winner", "annotator", "time")
 WINNERS = ("a", "b", "tie")
 PROTOCOLS = ("best", "score", "pairwise")
 #: Fields each kind of line needs besides ``annotator`` and ``time``.
@@ -86,13 +86,11 @@ def preference_pairs(groups: np.ndarray, scores: np.ndarray) -> np.ndarray:
     scores = np.asarray(scores, dtype=np.float64).reshape(len(groups), -1)  # (B, P)
     pairs: list[tuple[int, int]] = []
     for group in pd.unique(groups):
-        members = np.flatnonzero(groups == group)
-        for position, i in enumerate(members):
-            for j in members[position + 1 :]:
-                if dominates(scores[i], scores[j]):
-                    pairs.append((int(i), int(j)))
-                elif dominates(scores[j], scores[i]):
-                    pairs.append((int(j), int(i)))
+        for i, j in itertools.combinations(np.flatnonzero(groups == group), 2):
+            if dominates(scores[i], scores[j]):
+                pairs.append((int(i), int(j)))
+            elif dominates(scores[j], scores[i]):
+                pairs.append((int(j), int(i)))
     return np.array(pairs, dtype=np.int64).reshape(-1, 2)
 
 
@@ -347,20 +345,19 @@ def _score_votes(live: pd.DataFrame, votes: _Votes, dropped: Counter[str]) -> No
     """Mean score per image across annotators; pairs from their order within images scored
     together (one prompt's set); equal means are skipped."""
     scored = live[live["kind"] == "score"]
-    values: dict[str, list[float]] = {}
-    sets: dict[tuple[str, ...], None] = {}
+    values: defaultdict[str, list[float]] = defaultdict(list)
+    sets: dict[tuple[str, ...], None] = {}  # an ordered set: first appearance
     for scores in scored["scores"]:
         sets[tuple(sorted(scores))] = None
         for image, value in scores.items():
-            values.setdefault(image, []).append(float(value))
+            values[image].append(float(value))
     means = {image: float(np.mean(v)) for image, v in values.items()}
     for images in sets:
-        for position, a in enumerate(images):
-            for b in images[position + 1 :]:
-                if means[a] == means[b]:
-                    dropped["equal mean scores"] += 1
-                else:
-                    votes.add(a, b, "a" if means[a] > means[b] else "b")
+        for a, b in itertools.combinations(images, 2):
+            if means[a] == means[b]:
+                dropped["equal mean scores"] += 1
+            else:
+                votes.add(a, b, "a" if means[a] > means[b] else "b")
 
 
 def decide_pairs(judgements: pd.DataFrame, ids: list[str]) -> DecidedPairs:
@@ -373,8 +370,7 @@ def decide_pairs(judgements: pd.DataFrame, ids: list[str]) -> DecidedPairs:
     """
     index = {sample_id: position for position, sample_id in enumerate(ids)}
     live = live_judgements(judgements)
-    dropped: Counter[str] = Counter()
-    dropped["undone decisions"] = int(judgements["kind"].eq("undo").sum())
+    dropped = Counter({"undone decisions": int(judgements["kind"].eq("undo").sum())})
     votes = _Votes()
     for row in live.itertuples():
         for image in judged_images(row):
@@ -398,8 +394,8 @@ def decide_pairs(judgements: pd.DataFrame, ids: list[str]) -> DecidedPairs:
             pairs.append((index[first], index[second]))
         else:
             pairs.append((index[second], index[first]))
-    dropped = Counter({reason: count for reason, count in dropped.items() if count})
-    return DecidedPairs(np.array(pairs, dtype=np.int64).reshape(-1, 2), dropped, conflicting)
+    # unary + keeps the reasons whose count is > 0
+    return DecidedPairs(np.array(pairs, dtype=np.int64).reshape(-1, 2), +dropped, conflicting)
 
 
 def judgements_to_pairs(judgements: pd.DataFrame, ids: list[str]) -> np.ndarray:

@@ -18,7 +18,7 @@ import copy
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -252,12 +252,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.report_only:
         print(write_report(args.out))
         return
-    spec = PretrainSpec(
-        steps=args.steps, seed=args.seed, batch_size=args.batch_size, lr=args.lr,
-        max_minutes=args.max_minutes, init_from=args.init_from,
-        distortion_rate=args.distortion_rate, unsafe_rate=args.unsafe_rate,
-    )  # fmt: skip
-    pretrain(args.out, spec)
+    # every option named after a PretrainSpec field sets it (--batch-size: batch_size)
+    spec_fields = {field.name for field in fields(PretrainSpec)}
+    given = {name: value for name, value in vars(args).items() if name in spec_fields}
+    pretrain(args.out, PretrainSpec(**given))
     print(f"saved the toy model to {args.out}")
 
 

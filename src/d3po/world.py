@@ -133,7 +133,7 @@ def _bite(shape_mask: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray,
         bitten = shape_mask & (distance > radius)
         removed = 1 - bitten.sum() / area
         if removed >= target:
-            return bitten, float(removed)
+            break
     return bitten, float(removed)
 
 
