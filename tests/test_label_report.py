@@ -161,3 +161,12 @@ def test_a_label_studio_pairwise_export_becomes_pair_lines(samples, tmp_path):
     with pytest.raises(ValueError, match="export.json task 9: images 0000_00, 0001_01 come from"):
         import_label_studio(samples, export, tmp_path / "other.jsonl")
     assert not (tmp_path / "other.jsonl").exists()
+
+
+def test_a_missing_judgements_file_is_one_line_naming_it(samples, tmp_path, capsys):
+    absent = tmp_path / "absent.jsonl"
+    with pytest.raises(SystemExit) as raised:
+        main(["label-report", "--samples", str(samples), "--judgements", str(absent)])
+    assert raised.value.code == 1
+    error = capsys.readouterr().err
+    assert error == f"d3po label-report: error: judgements file not found: {absent}\n"

@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 
 from d3po.config import SamplerSpec
-from d3po.errors import InputFileError, MissingFileError
+from d3po.errors import InputFileError
 from d3po.preferences import judgements_to_pairs, preference_pairs, read_judgements
 from d3po.sample_sets import (
     SAMPLER_RECORD,
@@ -61,8 +61,6 @@ def load_labelled(
     (:func:`check_sampler`).
     """
     manifest, ids, trajectories = _judged_set(samples_dir, sampler, reduction)
-    if not Path(judgements_path).is_file():
-        raise MissingFileError(f"judgements file not found: {judgements_path}")
     judgements = read_judgements(Path(judgements_path), manifest=manifest)
     pairs = torch.as_tensor(judgements_to_pairs(judgements, ids)).long().reshape(-1, 2)
     if len(pairs) == 0:

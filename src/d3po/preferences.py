@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from d3po.errors import InputFileError
+from d3po.errors import InputFileError, MissingFileError
 
 WINNERS = ("a", "b", "tie")
 PROTOCOLS = ("best", "score", "pairwise")
@@ -292,6 +292,8 @@ def read_judgements(
     Errors name the file, the line number and the field.
     """
     path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"judgements file not found: {path}")
     if manifest is not None:
         manifest = index_manifest(manifest)
         known_ids = set(manifest.index) if known_ids is None else known_ids & set(manifest.index)
