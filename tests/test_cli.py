@@ -83,3 +83,11 @@ def test_check_config_passes_every_shipped_config_and_refuses_a_list(tmp_path: P
     with pytest.raises(SystemExit):
         cli.main(["check-config", str(tmp_path / "list.yaml")])
     assert "list.yaml: expected config fields (a YAML mapping)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("step", ["gpu-smoke", "benchmark", "pretrain-toy", "label-benchmark"])
+def test_every_step_answers_help(step: str, capsys) -> None:
+    with pytest.raises(SystemExit) as raised:
+        cli.main([step, "--help"])
+    assert raised.value.code == 0
+    assert capsys.readouterr().out.startswith(f"usage: d3po {step}")

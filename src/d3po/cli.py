@@ -403,9 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(run=cmd_check_config)
 
     _add_forwarded(steps, "benchmark")
-    smoke = steps.add_parser(
-        "gpu-smoke", help="devices, versions and a tiny forward pass", add_help=False
-    )
+    smoke = steps.add_parser("gpu-smoke", help="devices, versions and a tiny forward pass")
     smoke.set_defaults(run=cmd_gpu_smoke)
     _add_forwarded(steps, "pretrain-toy")
     return parser
