@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 
 from d3po import plots, tables
@@ -205,6 +206,8 @@ def test_results_table_of_one_seed_shows_no_zero_spread(tmp_path: Path) -> None:
     assert not any("±" in cell for row in rows for cell in row)
     assert rows[2][:5] == ["compressibility", "d3po", "jpeg_compressibility", "-0.8", "-0.72"]
     assert rows[2][rows[0].index("seeds")] == "1"
+    foot = (tmp_path / "r.md").read_text().splitlines()[-1]
+    assert foot.startswith("Tables written with commit") and f"torch {torch.__version__}" in foot
 
 
 def _sample_set(folder: Path, seeds: list[int]) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import numpy as np
@@ -113,6 +114,8 @@ def test_resumed_run_matches_the_uninterrupted_one(tmp_path, capsys):
     pd.testing.assert_frame_equal(published(tmp_path / "part")[0], published(tmp_path / "full")[0])
     assert len(full.metrics) == 3
     assert published(tmp_path / "part")[1] == ["epoch_0001", "epoch_0002", "epoch_0003"]
+    made_with = tmp_path / "part" / "checkpoints" / "epoch_0003" / "provenance.json"
+    assert json.loads(made_with.read_text())["torch"] == torch.__version__
 
 
 def test_a_smaller_micro_batch_resumes_the_run(tmp_path, capsys):

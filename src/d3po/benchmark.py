@@ -20,8 +20,8 @@ checkpointing is not counted, nor the VAE and the text encoder). Divided by the 
 the achieved TFLOP/s, compared with the device's peak where it is known (``PEAK_TFLOPS``).
 
 The figures are printed and written as JSON, by default to
-``benchmarks/<date>-<model>-<device>.json`` with the date, the git commit, the device and the
-flags.
+``benchmarks/<date>-<model>-<device>.json`` with the date, the git commit, the package versions
+(d3po.provenance), the device and the flags.
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ import json
 import platform
 import re
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -41,6 +40,7 @@ import numpy as np
 import torch
 
 from d3po.config import SamplerSpec, TrainingSpec, TrainSettings
+from d3po.provenance import git_commit, versions
 from d3po.sampling import latent_shape, sample
 from d3po.train import PHASES
 
@@ -137,22 +137,6 @@ def device_peak(device: torch.device, precision: str) -> tuple[float | None, str
     return None, f"no known peak for {name} (add it to d3po.benchmark.PEAK_TFLOPS)"
 
 
-def git_commit() -> str:
-    """The checkout's commit (with ``+dirty`` for uncommitted changes), or 'unknown'."""
-    folder = Path(__file__).parent
-
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", *args], cwd=folder, capture_output=True, text=True, check=True
-        ).stdout.strip()
-
-    try:
-        commit = git("rev-parse", "--short", "HEAD")
-        return commit + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def peak_memory_gib() -> float:
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**30
@@ -177,6 +161,7 @@ def main(argv: list[str] | None = None) -> dict:
         "commit": git_commit(),
         "device": str(device),
         "device_name": device_name(device),
+        "versions": versions(),
         "command": "d3po benchmark " + " ".join(sys.argv[2:] if argv is None else argv),
         "flags": vars(args),
         "model": args.model,

@@ -32,6 +32,7 @@ import pandas as pd
 
 from d3po.atomic import write_atomically
 from d3po.errors import ConfigError, InputFileError
+from d3po.provenance import provenance_line
 from d3po.rewards import blank_image_value
 from d3po.sample_sets import read_manifest
 from d3po.stats import mean_interval, paired_comparison
@@ -342,7 +343,8 @@ def _html(summary: pd.DataFrame) -> str:
         "<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>results table</title>"
         f"<style>{style}</style></head><body>\n"
         + shown.to_html(index=False, escape=False, border=0)
-        + f"\n<p>{html.escape(TABLE_NOTE)}</p>\n</body></html>\n"
+        + f"\n<p>{html.escape(TABLE_NOTE)}</p>\n"
+        + f"<p>Written with {html.escape(provenance_line())}.</p>\n</body></html>\n"
     )
 
 
@@ -379,6 +381,7 @@ def results_table(
     summary["paper"] = [paper_value(row, row.method) for row in rows]
     markdown = _cells(summary, "**{}**").to_markdown(index=False) + f"\n\n{TABLE_NOTE}\n"
     markdown += _side_effects_markdown(side_effects(table, objectives))
+    markdown += f"\nTables written with {provenance_line()}.\n"
     write_atomically(summary, Path(out_csv))
     write_atomically(markdown, Path(out_md))
     if out_html is not None:

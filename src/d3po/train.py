@@ -43,6 +43,7 @@ from d3po.errors import ConfigError
 from d3po.feedback import LabelledSamples
 from d3po.methods import Feedback, Items, Policy, make_method, method_classes
 from d3po.models import add_lora, load_lora_state, load_pipeline, save_lora
+from d3po.provenance import provenance
 from d3po.sampling import Trajectories, sample
 
 # Settings a preempted run may change on resume because they do not change its results: the
@@ -481,6 +482,7 @@ def save_state(trainer: Trainer, state_dir: Path) -> None:
     checkpoint = state_dir / "checkpoints" / f"epoch_{trainer.epoch:04d}"
     save_lora(trainer.pipe.unet, checkpoint)
     pd.DataFrame(trainer.metrics).to_csv(checkpoint / "metrics.csv", index=False)
+    (checkpoint / "provenance.json").write_text(json.dumps(provenance(), indent=2) + "\n")
 
     staging = state_dir / f".latest-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
