@@ -19,6 +19,7 @@ def test_the_benchmark_times_the_loop_and_writes_its_record(tmp_path, monkeypatc
     record = json.loads(written.read_text())
     assert record["command"] == "d3po benchmark " + " ".join(arguments)
     assert record["flags"]["micro_batch"] == 4 and record["commit"]
+    assert record["environment"]["torch"] == torch.__version__ and record["environment"]["cpu"]
     assert record["device"] == "cpu" and record["device_name"].startswith("cpu")
     for phase in ("sampling", "scoring", "reference", "update"):  # the loop's metrics columns
         assert record[f"{phase}_s"] > 0

@@ -37,3 +37,10 @@ def test_the_commit_is_the_checkout_head():
         pytest.skip("the package is not in a git checkout")
     assert provenance.git_commit().removesuffix("+dirty") == head.stdout.strip()
     assert provenance.provenance_line().startswith(f"commit {head.stdout.strip()}")
+
+
+def test_the_hardware_names_the_cpu_kernels_torch_uses():
+    cpu = provenance.hardware()["cpu"]
+    assert cpu.endswith(f"({torch.backends.cpu.get_cpu_capability()})")
+    assert ("gpu" in provenance.hardware()) == torch.cuda.is_available()
+    assert f", cpu {cpu}" in provenance.provenance_line()

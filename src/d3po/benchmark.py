@@ -21,7 +21,7 @@ the achieved TFLOP/s, compared with the device's peak where it is known (``PEAK_
 
 The figures are printed and written as JSON, by default to
 ``benchmarks/<date>-<model>-<device>.json`` with the date, the git commit, the package versions
-(d3po.provenance), the device and the flags.
+and the CPU (d3po.provenance), the device and the flags.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from d3po.config import SamplerSpec, TrainingSpec, TrainSettings
-from d3po.provenance import git_commit, versions
+from d3po.provenance import git_commit, hardware, versions
 from d3po.sampling import latent_shape, sample
 from d3po.train import PHASES
 
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> dict:
         "commit": git_commit(),
         "device": str(device),
         "device_name": device_name(device),
-        "versions": versions(),
+        "environment": versions() | hardware(),
         "command": "d3po benchmark " + " ".join(sys.argv[2:] if argv is None else argv),
         "flags": vars(args),
         "model": args.model,

@@ -1,12 +1,13 @@
-"""What produced a result: the code's commit and the versions that decide its numbers.
+"""What produced a result: the code's commit, the versions and the hardware behind its numbers.
 
-The same commit and config gave JPEG sizes a few bytes apart in two installations (README,
-"The toy world"), and nothing on record said what differed. Benchmark records, results tables
-and training checkpoints carry these figures so that the next such difference can be traced.
+The same commit and config gave JPEG sizes a few bytes apart on two machines (README, "The toy
+world"), and nothing on record said what differed. Benchmark records, results tables and
+training checkpoints carry these so that the next such difference can be traced.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import platform
 import subprocess
@@ -60,11 +61,28 @@ def versions() -> dict[str, str]:
     return found
 
 
+def hardware() -> dict[str, str]:
+    """The CPU with the instruction set torch's CPU kernels use (AVX2, AVX512, ...: kernels of
+    another width round differently), and the GPU if one is visible."""
+    import torch
+
+    model = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.partition(":")[2].strip()
+                break
+    found = {"cpu": f"{model} ({torch.backends.cpu.get_cpu_capability()})"}
+    if torch.cuda.is_available():
+        found["gpu"] = torch.cuda.get_device_name()
+    return found
+
+
 def provenance() -> dict[str, str]:
-    """The commit and the versions, as one flat mapping (for JSON)."""
-    return {"commit": git_commit(), **versions()}
+    """The commit, the versions and the hardware, as one flat mapping (for JSON)."""
+    return {"commit": git_commit(), **versions(), **hardware()}
 
 
 def provenance_line() -> str:
-    """The commit and the versions in one line of text, for the foot of a table."""
+    """The commit, the versions and the hardware in one line, for the foot of a table."""
     return ", ".join(f"{name} {value}" for name, value in provenance().items())
