@@ -350,14 +350,6 @@ def check_judged_experiment(name, experiment):
         )
     if judgements["proxy"]:
         check_proxies(f"{field}.judgements.proxy", round_proxies(name))
-    if judgements["simulate"]:
-        from d3po.errors import ConfigError
-        from d3po.judges import criterion_judge
-
-        try:
-            criterion_judge(judgements["simulate"])
-        except ConfigError as error:
-            raise WorkflowError(f"{field}.judgements.simulate: {error}") from None
     if rounds > 1 and len(experiment["seeds"]) != 1:
         raise WorkflowError(
             f"{field}.seeds: round 2 samples from round 1's adapter, one per seed; "
