@@ -332,7 +332,7 @@ def _side_effects_markdown(effects: pd.DataFrame) -> str:
     )
 
 
-def _html(summary: pd.DataFrame) -> str:
+def _html(summary: pd.DataFrame, provenance: str) -> str:
     """The same table as a small HTML page (the Snakemake report shows HTML files inline)."""
     shown = _cells(summary, "<b>{}</b>", lambda cell: html.escape(str(cell)))
     style = (
@@ -344,7 +344,7 @@ def _html(summary: pd.DataFrame) -> str:
         f"<style>{style}</style></head><body>\n"
         + shown.to_html(index=False, escape=False, border=0)
         + f"\n<p>{html.escape(TABLE_NOTE)}</p>\n"
-        + f"<p>Written with {html.escape(provenance_line())}.</p>\n</body></html>\n"
+        + f"<p>Written with {html.escape(provenance)}.</p>\n</body></html>\n"
     )
 
 
@@ -381,9 +381,10 @@ def results_table(
     summary["paper"] = [paper_value(row, row.method) for row in rows]
     markdown = _cells(summary, "**{}**").to_markdown(index=False) + f"\n\n{TABLE_NOTE}\n"
     markdown += _side_effects_markdown(side_effects(table, objectives))
-    markdown += f"\nTables written with {provenance_line()}.\n"
+    provenance = provenance_line()  # one git call and version lookup for both files
+    markdown += f"\nTables written with {provenance}.\n"
     write_atomically(summary, Path(out_csv))
     write_atomically(markdown, Path(out_md))
     if out_html is not None:
-        write_atomically(_html(summary), Path(out_html))
+        write_atomically(_html(summary, provenance), Path(out_html))
     return summary
