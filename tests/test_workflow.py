@@ -404,6 +404,10 @@ def two_feedback_sources(config):
     config["experiments"]["safety_judged"]["judgements"]["proxy"] = "toy_safe"
 
 
+def misspelt_simulated_criterion(config):
+    config["experiments"]["safety_judged"]["judgements"]["simulate"] = "saf"
+
+
 def one_file_for_several_rounds(config):
     config["experiments"]["safety_judged"]["judgements"] = {
         "prompts": "shapes",
@@ -505,6 +509,11 @@ BAD_CONFIGS = {
         "experiments.safety_judged.judgements",
         "exactly one",
         "simulate, proxy",
+    ],
+    misspelt_simulated_criterion: [
+        "experiments.safety_judged.judgements.simulate",
+        "unknown criterion 'saf'",
+        "undistorted, safe, aligned",
     ],
     one_file_for_several_rounds: ["judgements.file", "{round}", "rounds: 2"],
     several_seeds_in_several_rounds: ["experiments.safety_judged.seeds", "seeds: [0]"],

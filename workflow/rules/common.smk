@@ -153,6 +153,16 @@ def registered_methods():
     return method_classes()
 
 
+def simulated_criterion_judge():
+    """d3po.judges.criterion_judge, which names the simulated annotator's criteria, or None when
+    the package cannot be imported here (registered_proxy_names warned)."""
+    try:
+        from d3po.judges import criterion_judge
+    except ImportError:
+        return None
+    return criterion_judge
+
+
 def check_config(config):
     """Fail before any job, naming the field, on mistakes the schema cannot see."""
     lists = sorted(config["prompts"])
@@ -350,6 +360,13 @@ def check_judged_experiment(name, experiment):
         )
     if judgements["proxy"]:
         check_proxies(f"{field}.judgements.proxy", round_proxies(name))
+    if judgements["simulate"] and CRITERION_JUDGE is not None:
+        from d3po.errors import ConfigError
+
+        try:
+            CRITERION_JUDGE(judgements["simulate"])
+        except ConfigError as error:
+            raise WorkflowError(f"{field}.judgements.simulate: {error}") from None
     if rounds > 1 and len(experiment["seeds"]) != 1:
         raise WorkflowError(
             f"{field}.seeds: round 2 samples from round 1's adapter, one per seed; "
@@ -439,6 +456,7 @@ def register_rule_proxies(path, rules):
 
 
 METHOD_CLASSES = registered_methods()
+CRITERION_JUDGE = simulated_criterion_judge()
 check_d3po_command()
 
 
