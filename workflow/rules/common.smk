@@ -136,7 +136,8 @@ def registered_proxy_names():
         from d3po.rewards import proxy_names
     except ImportError as error:
         logger.warning(
-            f"Cannot import d3po ({error}); proxy names are not checked before the run. "
+            f"Cannot import d3po ({error}); the names of proxies, methods and simulated "
+            "annotators' criteria are not checked before the run. "
             "Install the package (pip install -e .) in the environment that runs Snakemake."
         )
         return None
