@@ -154,16 +154,6 @@ def registered_methods():
     return method_classes()
 
 
-def simulated_criterion_judge():
-    """d3po.judges.criterion_judge, which names the simulated annotator's criteria, or None when
-    the package cannot be imported here (registered_proxy_names warned)."""
-    try:
-        from d3po.judges import criterion_judge
-    except ImportError:
-        return None
-    return criterion_judge
-
-
 def check_config(config):
     """Fail before any job, naming the field, on mistakes the schema cannot see."""
     lists = sorted(config["prompts"])
@@ -338,6 +328,19 @@ def check_experiment_method_options(name, experiment):
         check_options_of(method, method_options(name, method), keys)
 
 
+def check_criterion(keys, criterion):
+    """A criterion the simulated annotator knows; else one line: config file and line, field."""
+    from d3po.errors import ConfigError
+    from d3po.judges import criterion_judge
+
+    try:
+        criterion_judge(criterion)
+    except ConfigError as error:
+        raise WorkflowError(
+            f"{config_location(keys)}: {field_name(keys)}: {error}"
+        ) from None
+
+
 def check_judged_experiment(name, experiment):
     """Feedback rounds train on judged sets: say what is missing or contradictory."""
     field = f"experiments.{name}"
@@ -361,13 +364,10 @@ def check_judged_experiment(name, experiment):
         )
     if judgements["proxy"]:
         check_proxies(f"{field}.judgements.proxy", round_proxies(name))
-    if judgements["simulate"] and CRITERION_JUDGE is not None:
-        from d3po.errors import ConfigError
-
-        try:
-            CRITERION_JUDGE(judgements["simulate"])
-        except ConfigError as error:
-            raise WorkflowError(f"{field}.judgements.simulate: {error}") from None
+    if judgements["simulate"] and REGISTERED_PROXIES is not None:  # d3po imports here
+        check_criterion(
+            ["experiments", name, "judgements", "simulate"], judgements["simulate"]
+        )
     if rounds > 1 and len(experiment["seeds"]) != 1:
         raise WorkflowError(
             f"{field}.seeds: round 2 samples from round 1's adapter, one per seed; "
@@ -457,7 +457,6 @@ def register_rule_proxies(path, rules):
 
 
 METHOD_CLASSES = registered_methods()
-CRITERION_JUDGE = simulated_criterion_judge()
 check_d3po_command()
 
 
