@@ -162,7 +162,7 @@ def simulate_judgements(
     from datetime import datetime, timezone
 
     from d3po.judges import simulated_annotator
-    from d3po.preferences import append_judgement
+    from d3po.preferences import append_judgements
 
     manifest = read_manifest(samples_dir)
     images = read_set_images(samples_dir, manifest)
@@ -175,8 +175,8 @@ def simulate_judgements(
     prompts = [str(manifest["prompt"][a]) for a in first]
     winners = simulated_annotator(images[first], images[second], prompts, criterion)
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    for a, b, prompt, winner in zip(first, second, prompts, winners, strict=True):
-        judgement = {
+    judgements = [
+        {
             "prompt": prompt,
             "a": str(manifest["id"][a]),
             "b": str(manifest["id"][b]),
@@ -184,5 +184,7 @@ def simulate_judgements(
             "annotator": annotator,
             "time": now,
         }
-        append_judgement(out, judgement)
-    return len(first)
+        for a, b, prompt, winner in zip(first, second, prompts, winners, strict=True)
+    ]
+    append_judgements(out, judgements)  # one write: a failed check appends nothing
+    return len(judgements)
