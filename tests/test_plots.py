@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -249,6 +250,20 @@ def test_checkpoints_are_compared_with_the_base_model_image_by_image(tmp_path: P
     assert row["blank"] == pytest.approx(-0.631)  # a white 16x16 JPEG at quality 95
     assert np.isnan(table[table["method"] == "x"].iloc[0]["delta"])  # other noise: no pairs
     assert np.isnan(table[table["method"] == "base"].iloc[0]["delta"])
+
+
+def test_the_blank_image_is_scored_with_the_proxys_configured_options(tmp_path: Path) -> None:
+    samples = _sample_set(tmp_path / "base", [0, 1])
+    scores = _write_scores(tmp_path / "base.csv", {"jpeg_compressibility": [-0.8, -0.8]})
+    run = {"experiment": "c", "method": "base", "seed": 0, "epoch": 0, "samples_seen": 0}
+    options = {"jpeg_compressibility": {"quality": 1}}  # a white JPEG: 630 bytes, not 631
+    table = tables.collect_evaluation(
+        [scores], [run | {"samples": str(samples)}], tmp_path / "evaluation.csv", options
+    )
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16), "white").save(buffer, format="JPEG", quality=1)
+    assert table["blank"].iloc[0] == pytest.approx(-len(buffer.getvalue()) / 1000)
+    assert table["blank"].iloc[0] != pytest.approx(-0.631)  # not the default quality's floor
 
 
 def test_the_results_table_reports_the_paired_change_and_the_content_change(tmp_path) -> None:

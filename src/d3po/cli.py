@@ -14,7 +14,7 @@
     d3po label-report --samples DIR --judgements JSONL                 counts, agreement, pairs
     d3po label-import reference|label-studio FILE... --samples DIR --out JSONL
     d3po label-benchmark [--annotators 8 --decisions 250]              decisions per second
-    d3po collect  --runs JSON --out CSV                               evaluation table
+    d3po collect  --runs JSON --out CSV [--options JSON]              evaluation table
     d3po plot-curves  --evaluation CSV --out PNG [--metrics LABEL=CSV ...] [--objective NAME]
     d3po plot-samples --before DIR --after LABEL=DIR ... --out PNG
     d3po table    --evaluation CSV ... --out-csv CSV --out-md MD [--out-html HTML] [--paper JSON]
@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -60,12 +61,10 @@ LABELLED_LIST = {"type": _labelled, "nargs": "+", "action": "extend"}
 
 def cmd_sample(args: argparse.Namespace) -> None:
     from d3po.config import SampleSettings, parse
-    from d3po.sample_checkpoints import write_samples
+    from d3po.sample_checkpoints import write_checkpoint_samples, write_samples
 
     settings = parse(SampleSettings, args.settings)
     if args.checkpoint:
-        from d3po.sample_checkpoints import write_checkpoint_samples
-
         write_checkpoint_samples(settings, args.checkpoint)
         print(f"wrote {len(args.checkpoint)} sample sets")
         return
@@ -178,14 +177,13 @@ def cmd_collect(args: argparse.Namespace) -> None:
     from d3po.scores import check_run_scores
     from d3po.tables import collect_evaluation
 
-    runs = args.runs
-    for run in runs:
+    for run in args.runs:
         check_run_scores(run)
-    score_csvs = [Path(csv) for run in runs for csv in run["scores"]]
+    score_csvs = [Path(csv) for run in args.runs for csv in run["scores"]]
     descriptions = [
-        {k: v for k, v in run.items() if k != "scores"} for run in runs for _ in run["scores"]
+        {k: v for k, v in run.items() if k != "scores"} for run in args.runs for _ in run["scores"]
     ]
-    collect_evaluation(score_csvs, descriptions, args.out)
+    collect_evaluation(score_csvs, descriptions, args.out, proxy_options=args.options)
 
 
 def cmd_plot_curves(args: argparse.Namespace) -> None:
@@ -373,6 +371,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     collect = steps.add_parser("collect", help="summarise score files into an evaluation table")
     collect.add_argument("--runs", type=_json, required=True)
+    collect.add_argument(
+        "--options", type=_json, default=None, help="{proxy: {option: value}} of the scoring"
+    )
     collect.add_argument("--out", type=Path, required=True)
     collect.set_defaults(run=cmd_collect)
 
@@ -426,8 +427,6 @@ def main(argv: list[str] | None = None) -> None:
 
 def _quiet_libraries() -> None:
     """Keep job logs readable: library info and download bars off (set before their import)."""
-    import os
-
     for variable, value in (
         ("TOKENIZERS_PARALLELISM", "false"),
         ("DIFFUSERS_VERBOSITY", "error"),

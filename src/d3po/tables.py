@@ -105,7 +105,10 @@ def read_evaluations(evaluation_csvs: Sequence[Path] | Path) -> pd.DataFrame:
 
 
 def collect_evaluation(
-    score_csvs: Sequence[Path], runs: Sequence[dict[str, Any]], out_csv: Path
+    score_csvs: Sequence[Path],
+    runs: Sequence[dict[str, Any]],
+    out_csv: Path,
+    proxy_options: dict[str, dict[str, Any]] | None = None,
 ) -> pd.DataFrame:
     """Summarise score CSVs into the long evaluation table, paired with the base model.
 
@@ -113,6 +116,8 @@ def collect_evaluation(
     experiment, method, seed, epoch, samples_seen, and optionally round (a feedback round) and
     samples (the sample set's folder: its manifest confirms that the images of a checkpoint and
     of the base model share their noise, and gives the image size for ``blank``).
+    ``proxy_options`` ({proxy: options}, as the score jobs got them) score the blank image as
+    the samples were scored (a JPEG proxy's quality).
     """
     if len(score_csvs) != len(runs):
         raise ConfigError(f"got {len(score_csvs)} score files but {len(runs)} run descriptions")
@@ -132,19 +137,28 @@ def collect_evaluation(
     # every sample set's manifest read (and its images' existence checked) once, not once per
     # proxy and again for each checkpoint compared with the base model
     manifests = functools.cache(lambda folder: read_manifest(Path(folder)))
-    rows = [_evaluation_row(run, proxy, values, bases, manifests) for run, proxy, values in scored]
+    options = proxy_options or {}
+    rows = [
+        _evaluation_row(run, proxy, values, bases, manifests, options.get(proxy))
+        for run, proxy, values in scored
+    ]
     table = pd.DataFrame(rows, columns=EVALUATION_COLUMNS)
     write_atomically(table, Path(out_csv))
     return table
 
 
 def _evaluation_row(
-    run: dict, proxy: str, values: pd.Series, bases: dict, manifests: Callable
+    run: dict,
+    proxy: str,
+    values: pd.Series,
+    bases: dict,
+    manifests: Callable,
+    options: dict[str, Any] | None,
 ) -> dict[str, Any]:
     low, high = mean_interval(values.to_numpy())
     row = {key: run[key] for key in RUN_KEYS} | {"round": run.get("round"), "proxy": proxy}
     row |= {"mean": values.mean(), "std": values.std(ddof=0), "n": len(values)}
-    row |= {"ci_low": low, "ci_high": high, "blank": _blank(proxy, run, manifests)}
+    row |= {"ci_low": low, "ci_high": high, "blank": _blank(proxy, run, manifests, options)}
     base = bases.get((run["experiment"], proxy))
     if (
         run["method"] != BASE
@@ -170,11 +184,11 @@ def _same_noise(
     return seeds[0].sort_index().equals(seeds[1].sort_index())
 
 
-def _blank(proxy: str, run: dict, manifests: Callable) -> float:
+def _blank(proxy: str, run: dict, manifests: Callable, options: dict[str, Any] | None) -> float:
     if "samples" not in run:
         return np.nan
     first = manifests(run["samples"])["path"].iloc[0]
-    value = blank_image_value(proxy, Path(run["samples"]) / first)
+    value = blank_image_value(proxy, Path(run["samples"]) / first, options)
     return np.nan if value is None else value
 
 

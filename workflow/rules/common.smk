@@ -518,6 +518,11 @@ def sample_settings(wildcards=None):
     }
 
 
+def proxy_options(wildcards=None):
+    """`--options` of the score and collect jobs: each proxy's options from config 'proxies'."""
+    return config["proxies"]
+
+
 def as_json(function):
     """A params function that renders ``function(wildcards)`` as one-line JSON."""
     return lambda wildcards: json.dumps(function(wildcards), separators=(",", ":"))

@@ -19,5 +19,7 @@ rule collect_evaluation:
         JOB_ENV
     params:
         runs=as_json(lambda wildcards: evaluation_runs(wildcards.experiment)),
+        options=as_json(proxy_options),
     shell:
-        "d3po collect --runs {params.runs:q} --out {output.csv} > {log:q} 2>&1"
+        "d3po collect --runs {params.runs:q} --options {params.options:q}"
+        " --out {output.csv} > {log:q} 2>&1"

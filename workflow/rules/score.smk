@@ -37,7 +37,7 @@ if evaluated_registered_proxies():
                 f"{proxy}={csv}"
                 for proxy, csv in zip(evaluated_registered_proxies(), output.csvs)
             ),
-            options=json.dumps(config["proxies"], separators=(",", ":")),
+            options=as_json(proxy_options),
         shell:
             "d3po score --samples {input.samples} --proxy {params.tables}"
             " --options {params.options:q} > {log:q} 2>&1"
@@ -64,7 +64,7 @@ rule score_proxy:
         **job_resources("evaluate"),
         bundle_slot=1,
     params:
-        options=json.dumps(config["proxies"], separators=(",", ":")),
+        options=as_json(proxy_options),
     shell:
         "d3po score --samples {input.samples} --proxy {wildcards.proxy}={output.csv}"
         " --options {params.options:q} > {log:q} 2>&1"
