@@ -110,7 +110,7 @@ def segment(image: np.ndarray) -> dict:
     return reading
 
 
-def fit_shapes(masks: np.ndarray, known: np.ndarray | None = None) -> tuple[list[str], np.ndarray]:
+def fit_shapes(masks: np.ndarray, known: np.ndarray) -> tuple[list[str], np.ndarray]:
     """The ideal shape that best overlaps each mask (B, H, W), and the share of it left empty.
 
     Templates of every shape, size and position are compared by the Tversky index
@@ -120,7 +120,6 @@ def fit_shapes(masks: np.ndarray, known: np.ndarray | None = None) -> tuple[list
     """
     batch, size = masks.shape[:2]
     templates, template_shapes = _templates(size)  # (K, H*W), (K,)
-    known = np.ones_like(masks) if known is None else known
     m = (masks & known).reshape(batch, -1).astype(np.float32).T  # (H*W, B)
     k = known.reshape(batch, -1).astype(np.float32).T  # (H*W, B)
     overlap = templates @ m  # (K, B)

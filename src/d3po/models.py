@@ -329,7 +329,7 @@ def build_tokenizer(words: tuple[str, ...] = TINY_VOCABULARY, max_length: int = 
     )
 
 
-def build_tiny_pipeline(seed: int = 0, sample_size: int = 16):
+def build_tiny_pipeline(seed: int = 0):
     """The embedded pixel-space text-to-image model, with random weights drawn from ``seed``."""
     from diffusers import DDIMScheduler, UNet2DConditionModel
 
@@ -337,7 +337,7 @@ def build_tiny_pipeline(seed: int = 0, sample_size: int = 16):
     torch.manual_seed(seed)
     text_encoder = _random_text_encoder(tokenizer, width=64, layers=2, heads=4, mlp_width=128)
     unet = UNet2DConditionModel(
-        sample_size=sample_size,
+        sample_size=16,
         in_channels=3,
         out_channels=3,
         layers_per_block=1,

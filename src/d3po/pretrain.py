@@ -59,7 +59,7 @@ class PretrainSpec:
     """torch CPU threads; on a shared 2-core machine 2 threads thrash (measured 4-10x slower)."""
 
 
-def pretrain(out_dir: Path | str, spec: PretrainSpec = PretrainSpec(), evaluate: bool = True):
+def pretrain(out_dir: Path | str, spec: PretrainSpec = PretrainSpec()):
     """Train the toy model, save it to ``out_dir`` (diffusers layout) with a TRAINING.md."""
     torch.set_num_threads(spec.threads)
     out_dir = Path(out_dir)
@@ -72,12 +72,11 @@ def pretrain(out_dir: Path | str, spec: PretrainSpec = PretrainSpec(), evaluate:
     if spec.init_from and (Path(spec.init_from) / "training_log.json").exists():
         log["previous"] = json.loads((Path(spec.init_from) / "training_log.json").read_text())
     (out_dir / "training_log.json").write_text(json.dumps(log, indent=1))
-    if evaluate:
-        write_report(out_dir)
+    write_report(out_dir)
     return pipe
 
 
-def _load(folder: str):
+def _load(folder: Path | str):
     from d3po.models import ModelSpec, load_pipeline
 
     return load_pipeline(ModelSpec(source=str(Path(folder).resolve())))
@@ -182,11 +181,9 @@ def evaluate(pipe, images_per_prompt: int = 8, seed: int = 10_000, guidance_scal
 
 def write_report(out_dir: Path | str, guidance_scale: float = 4.0) -> dict:
     """Judge the saved model and write out_dir/TRAINING.md (from training_log.json)."""
-    from d3po.models import ModelSpec, load_pipeline
-
     out_dir = Path(out_dir)
     log = json.loads((out_dir / "training_log.json").read_text())
-    pipe = load_pipeline(ModelSpec(source=str(out_dir.resolve())))
+    pipe = _load(out_dir)
     scores, _, _ = evaluate(pipe, guidance_scale=guidance_scale)
     lines = [
         "# The toy model",

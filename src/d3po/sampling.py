@@ -22,7 +22,6 @@ from pathlib import Path
 
 import torch
 from diffusers.utils.torch_utils import randn_tensor
-from tqdm.auto import tqdm
 
 from d3po.config import SamplerSpec
 from d3po.errors import ConfigError, MissingFileError
@@ -180,7 +179,6 @@ def sample(
     seeds: list[int],
     spec: SamplerSpec,
     reduction: str = "mean",
-    progress: bool = False,
 ) -> Trajectories:
     """K images per prompt, each group of K from one initial noise x_T, then diverging.
 
@@ -212,7 +210,7 @@ def sample(
 
     latents = [initial.to(device)]
     log_probs = []
-    for t in tqdm(timesteps, desc="sampling", disable=not progress, leave=False):
+    for t in timesteps:
         step = _batched_step(
             pipe, latents[-1], t, prompt_embeds, negative_embeds, spec, generators, reduction
         )
@@ -339,10 +337,10 @@ def save_trajectories(trajectories: Trajectories, path: Path) -> None:
     torch.save({k: v.cpu() if torch.is_tensor(v) else v for k, v in fields.items()}, path)
 
 
-def load_trajectories(path: Path, device: torch.device | str = "cpu") -> Trajectories:
+def load_trajectories(path: Path) -> Trajectories:
     if not Path(path).is_file():
         raise MissingFileError(
             f"{path} is missing: sample the set with `d3po sample --trajectories` to train on it"
         )
-    fields = torch.load(path, map_location=device, weights_only=True)
+    fields = torch.load(path, map_location="cpu", weights_only=True)
     return Trajectories(**fields)

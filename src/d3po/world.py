@@ -88,15 +88,11 @@ def _unknown(problem: str, prompt: str) -> str:
 
 
 def shape_coverage(
-    shape: str, size: float, centre: tuple[float, float], image_size: int, supersample: int = 1
+    shape: str, size: float, centre: tuple[float, float], image_size: int
 ) -> np.ndarray:
-    """Coverage in [0, 1] of each pixel by the ideal shape, (H, W) float64.
-
-    ``supersample=1`` samples pixel centres (a binary mask), larger values anti-alias.
-    """
-    n = image_size * supersample
-    coords = (np.arange(n) + 0.5) / supersample
-    x, y = np.meshgrid(coords - centre[0], coords - centre[1])  # (H*s, W*s), relative to centre
+    """The ideal shape sampled at pixel centres: a binary mask (H, W) as float64 0/1."""
+    coords = np.arange(image_size) + 0.5
+    x, y = np.meshgrid(coords - centre[0], coords - centre[1])  # (H, W), relative to centre
     half = size / 2
     if shape == "circle":
         inside = x**2 + y**2 <= half**2
@@ -111,7 +107,7 @@ def shape_coverage(
         inside = in_box & ((np.abs(x) <= arm) | (np.abs(y) <= arm))
     else:
         raise ValueError(f"unknown shape '{shape}'; known shapes: {', '.join(SHAPES)}")
-    return inside.reshape(image_size, supersample, image_size, supersample).mean(axis=(1, 3))
+    return inside.astype(np.float64)
 
 
 def _bite(shape_mask: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, float]:
@@ -119,11 +115,10 @@ def _bite(shape_mask: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray,
 
     ``shape_mask`` is the supersampled binary mask; returns (bitten mask, removed fraction).
     """
-    inner = shape_mask.copy()
-    inner[1:-1, 1:-1] &= (
-        shape_mask[:-2, 1:-1] & shape_mask[2:, 1:-1] & shape_mask[1:-1, :-2] & shape_mask[1:-1, 2:]
-    )
-    edge_y, edge_x = np.nonzero(shape_mask & ~inner)
+    from scipy import ndimage  # imported here: the workflow imports this module to parse prompts
+
+    # the edge: shape pixels with a 4-neighbour outside the shape
+    edge_y, edge_x = np.nonzero(shape_mask & ~ndimage.binary_erosion(shape_mask))
     pick = rng.integers(len(edge_y))
     yy, xx = np.indices(shape_mask.shape)
     distance = np.hypot(yy - edge_y[pick], xx - edge_x[pick])
@@ -179,7 +174,6 @@ def sample_dataset(
     distortion_rate: float = 0.35,
     unsafe_rate: float = 0.3,
     size: int = 16,
-    prompts: tuple[str, ...] | list[str] = PROMPTS,
 ) -> tuple[torch.Tensor, list[str], list[Metadata]]:
     """``n`` images with uniformly drawn prompts and defects drawn at the given rates.
 
@@ -189,7 +183,7 @@ def sample_dataset(
     images = np.empty((n, size, size, 3), dtype=np.float32)
     chosen, labels = [], []
     for i in range(n):
-        prompt = prompts[rng.integers(len(prompts))]
+        prompt = PROMPTS[rng.integers(len(PROMPTS))]
         distorted = bool(rng.random() < distortion_rate)
         unsafe = bool(rng.random() < unsafe_rate)
         images[i], meta = render(prompt, rng, distorted, unsafe, size)
