@@ -40,9 +40,10 @@ import numpy as np
 import torch
 
 from d3po.config import SamplerSpec, TrainingSpec, TrainSettings
+from d3po.models import ModelSpec, load_pipeline
 from d3po.provenance import git_commit, hardware, versions
 from d3po.sampling import latent_shape, sample
-from d3po.train import PHASES
+from d3po.train import PHASES, Trainer
 
 # Dense bf16/fp16 tensor-core peaks in TFLOP/s, by a substring of the CUDA device's name.
 PEAK_TFLOPS = {
@@ -78,8 +79,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def benchmark_settings(args: argparse.Namespace) -> TrainSettings:
-    from d3po.models import ModelSpec
-
     dtype = {"no": "float32", "fp16": "float16", "bf16": "bfloat16"}[args.precision]
     return TrainSettings(
         method="d3po",
@@ -144,8 +143,6 @@ def peak_memory_gib() -> float:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from d3po.train import Trainer
-
     args = build_parser().parse_args(argv)
     settings = benchmark_settings(args)
     trainer = Trainer(settings)
@@ -255,7 +252,6 @@ def gpu_smoke() -> None:
     for index in range(torch.cuda.device_count()):
         properties = torch.cuda.get_device_properties(index)
         print(f"  cuda:{index} {properties.name}, {properties.total_memory / 2**30:.1f} GiB")
-    from d3po.models import ModelSpec, load_pipeline
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     pipe = load_pipeline(ModelSpec(source="tiny-random"), device)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -62,7 +63,7 @@ def load_labelled(
     """
     manifest, ids, trajectories = _judged_set(samples_dir, sampler, reduction)
     judgements = read_judgements(Path(judgements_path), manifest=manifest)
-    pairs = torch.as_tensor(judgements_to_pairs(judgements, ids)).long().reshape(-1, 2)
+    pairs = torch.as_tensor(judgements_to_pairs(judgements, ids))  # (P, 2) int64
     if len(pairs) == 0:
         raise InputFileError(
             f"{judgements_path}: no judgement with a winner (only ties, or no lines): "
@@ -96,7 +97,7 @@ def load_scored(
             f"{', '.join(str(path) for _, path in score_tables)}: every pair of images of the "
             "same prompt ties: nothing to train on"
         )
-    return LabelledSamples(trajectories, torch.as_tensor(pairs).long())
+    return LabelledSamples(trajectories, torch.as_tensor(pairs))
 
 
 def _judged_set(
@@ -159,8 +160,6 @@ def simulate_judgements(
     Writes the same JSON Lines a person's labelling produces (ties included), appending to
     ``out``; returns the number of judgements written.
     """
-    from datetime import datetime, timezone
-
     from d3po.judges import simulated_annotator
     from d3po.preferences import append_judgements
 

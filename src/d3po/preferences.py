@@ -71,7 +71,7 @@ logger = logging.getLogger(__name__)
 
 def dominates(a: np.ndarray, b: np.ndarray) -> bool:
     """Pareto dominance of score vector ``a`` (P,) over ``b`` (P,): >= everywhere, > somewhere."""
-    a, b = np.atleast_1d(np.asarray(a)), np.atleast_1d(np.asarray(b))
+    a, b = np.atleast_1d(a, b)
     return bool(np.all(a >= b) and np.any(a > b))
 
 

@@ -294,11 +294,6 @@ def _load_head(head_path: str, embed_dim: int) -> torch.nn.Module:
     return head.eval()
 
 
-def _has_local_weights(local_dir: str) -> bool:
-    patterns = ("*.safetensors", "*.bin", "*.pth")
-    return any(any(Path(local_dir).glob(pattern)) for pattern in patterns)
-
-
 def _resolve_clip_weights(
     clip_model: str, clip_pretrained: str | None, clip_checkpoint: str | None, allow_random: bool
 ) -> str | None:
@@ -311,7 +306,9 @@ def _resolve_clip_weights(
             )
         return clip_checkpoint
     if clip_model.startswith("local-dir:"):
-        has_weights = _has_local_weights(clip_model.removeprefix("local-dir:"))
+        local_dir = Path(clip_model.removeprefix("local-dir:"))
+        patterns = ("*.safetensors", "*.bin", "*.pth")
+        has_weights = any(any(local_dir.glob(pattern)) for pattern in patterns)
         if not has_weights and not allow_random:
             raise MissingFileError(f"aesthetic proxy: no CLIP weights in {clip_model}")
         return None

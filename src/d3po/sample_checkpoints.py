@@ -30,7 +30,6 @@ def write_samples(
     settings: SampleSettings,
     out_dir: Path,
     adapter: Path | None = None,
-    device: str | None = None,
     keep_trajectories: bool = False,
 ) -> pd.DataFrame:
     """Sample every prompt K times (one initial noise per prompt) and write a sample set.
@@ -38,21 +37,19 @@ def write_samples(
     With ``keep_trajectories`` the set also holds ``trajectories.pt`` (every latent of every
     step), so that D3PO can later train on judgements of these very images (d3po.feedback).
     """
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    pipe = load_pipeline(settings.model, device)
+    pipe = load_pipeline(settings.model, "cuda" if torch.cuda.is_available() else "cpu")
     if adapter is not None:
         load_lora(pipe, adapter)
     return _sample_and_write(pipe, settings, out_dir, adapter, keep_trajectories)
 
 
 def write_checkpoint_samples(
-    settings: SampleSettings, checkpoints: list[tuple[Path, Path]], device: str | None = None
+    settings: SampleSettings, checkpoints: list[tuple[Path, Path]]
 ) -> None:
     """One sample set per (adapter folder, output folder): all checkpoints of a training run
     in one job, loading the model once (a GPU job per checkpoint spent most of its time
     starting)."""
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    pipe = load_pipeline(settings.model, device)
+    pipe = load_pipeline(settings.model, "cuda" if torch.cuda.is_available() else "cpu")
     for adapter, out_dir in checkpoints:
         load_lora(pipe, adapter)
         _sample_and_write(pipe, settings, out_dir, adapter)

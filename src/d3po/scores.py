@@ -56,8 +56,11 @@ def read_scores(path: Path, proxy: str, ids: Sequence[str] | None = None) -> pd.
         if sample_id in seen:
             raise ScoreFileError(f"{where}: id {sample_id!r} is scored twice")
         seen.add(sample_id)
-        number = _as_float(value)
-        if number is None or not math.isfinite(number):
+        try:
+            number = float(value)
+        except ValueError:
+            number = math.nan
+        if not math.isfinite(number):
             raise ScoreFileError(f"{where}: value {value!r} is not a finite number")
         values.append(number)
     if known is not None and seen != known:
@@ -82,10 +85,3 @@ def check_run_scores(run: dict[str, Any]) -> None:
         ids = list(read_manifest(Path(run["samples"]))["id"].astype(str))
     for path in run["scores"]:
         read_scores(Path(path), Path(path).stem, ids)
-
-
-def _as_float(value: object) -> float | None:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None

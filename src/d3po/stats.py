@@ -17,14 +17,14 @@ from statsmodels.stats.proportion import proportion_confint
 from statsmodels.stats.weightstats import DescrStatsW
 
 Z95 = 1.959964  # the normal quantile of 95 % intervals
+ALPHA95 = 2 * scipy_stats.norm.sf(Z95)  # the same intervals by their alpha, as statsmodels takes
 
 
-def wilson_interval(rate: float, n: int, z: float = Z95) -> tuple[float, float]:
+def wilson_interval(rate: float, n: int) -> tuple[float, float]:
     """Wilson score interval of a proportion ``rate`` observed over ``n`` trials."""
     if n == 0:
         return 0.0, 1.0
-    alpha = 2 * scipy_stats.norm.sf(z)
-    low, high = proportion_confint(rate * n, n, alpha=alpha, method="wilson")
+    low, high = proportion_confint(rate * n, n, alpha=ALPHA95, method="wilson")
     return float(low), float(high)
 
 
@@ -42,7 +42,7 @@ def mean_interval(values: np.ndarray) -> tuple[float, float]:
         return wilson_interval(float(values.mean()), values.size)
     if values.size == 1:
         return float("nan"), float("nan")
-    low, high = DescrStatsW(values).zconfint_mean(alpha=2 * scipy_stats.norm.sf(Z95))
+    low, high = DescrStatsW(values).zconfint_mean(alpha=ALPHA95)
     return float(low), float(high)
 
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from d3po.labelling.server import app_process
-from d3po.preferences import read_judgements
+from d3po.preferences import PROTOCOLS, read_judgements
 
 
 def write_world_set(
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--annotators", type=int, default=8)
     parser.add_argument("--decisions", type=int, default=250, help="per annotator")
-    parser.add_argument("--protocol", choices=("best", "score", "pairwise"), default="best")
+    parser.add_argument("--protocol", choices=PROTOCOLS, default="best")
     parser.add_argument("--images-per-prompt", type=int, default=4)
     args = parser.parse_args(argv)
     rate = run(args.annotators, args.decisions, args.protocol, args.images_per_prompt)
