@@ -164,6 +164,17 @@ def test_eight_annotators_at_once_lose_and_duplicate_nothing(large_set, tmp_path
 
 
 @pytest.mark.slow
+def test_a_restart_after_a_line_cut_off_by_a_crash_resumes(small_set, tmp_path):
+    record = tmp_path / "labels.jsonl"
+    with running(create_app(small_set, record, "best")) as url, httpx.Client(base_url=url) as c:
+        choose_first(c, next_view(c, "ana"))
+    with record.open("ab") as handle:
+        handle.write(b'{"kind": "best", "pro')  # a crash in mid-write
+    with running(create_app(small_set, record, "best")) as url, httpx.Client(base_url=url) as c:
+        assert choose_first(c, next_view(c, "ana"))["progress"]["mine_done"] == 2
+    assert list(read_judgements(record)["kind"]) == ["best", "best"]
+
+
 def test_a_killed_app_keeps_every_confirmed_decision(large_set, tmp_path):
     record = tmp_path / "labels.jsonl"
     confirmed: list[str] = []

@@ -135,6 +135,8 @@ def test_a_byte_order_mark_is_accepted(tmp_path):
             r"line 2: field 'scores' gives image 'r0' a non-number",
         ),
         ({**pair("r0", "r1", "a"), "seconds": -1}, r"line 2: field 'seconds' must be a number"),
+        ({**pair("r0", "r1", "a"), "kind": ["pair"]}, r"line 2: field 'kind' must be one of"),
+        (score("d9", {"r0": 10**400}, "ana"), r"line 2: field 'scores' gives image 'r0' a non-"),
     ],
 )
 def test_bad_lines_are_errors_naming_file_and_line(tmp_path, line, message):
@@ -174,3 +176,36 @@ def test_the_record_writer_syncs_each_line_and_locks_the_file(tmp_path):
     table = preferences.read_judgements(path, manifest=MANIFEST)
     assert list(table["kind"]) == ["pair", "best"]
     preferences.JudgementRecord(path).close()  # the lock went with the first writer
+
+
+def test_writers_remove_a_cut_off_last_line_so_that_the_record_stays_readable(tmp_path, caplog):
+    path = write(tmp_path, [pair("r0", "r1", "a")])
+    whole = path.read_bytes()
+    with path.open("ab") as handle:
+        handle.write('{"prompt": "a red caf\u00e9'.encode()[:-1])  # cut inside the é
+    assert len(preferences.read_judgements(path)) == 1  # ignored by readers, with a warning
+    record = preferences.JudgementRecord(path)  # what the app opens when it restarts
+    assert path.read_bytes() == whole
+    assert "removing a cut-off last line" in caplog.text
+    record.append(pair("r0", "r2", "b"))
+    record.close()
+    preferences.append_judgements(path, [pair("r1", "r2", "tie")])
+    table = preferences.read_judgements(path, manifest=MANIFEST)
+    assert list(table["winner"]) == ["a", "b", "tie"] and list(table["line"]) == [1, 2, 3]
+
+
+def test_a_bad_byte_inside_the_record_is_an_error_naming_its_line(tmp_path):
+    path = write(tmp_path, [pair("r0", "r1", "a")])
+    path.write_bytes(path.read_bytes() + b'{"prompt": "\xff"}\n' + path.read_bytes())
+    with pytest.raises(ValueError, match="labels.jsonl line 2: invalid JSON"):
+        preferences.read_judgements(path)
+
+
+def test_appending_is_refused_while_an_app_writes_the_record(tmp_path):
+    path = write(tmp_path, [pair("r0", "r1", "a")])
+    before = path.read_bytes()
+    record = preferences.JudgementRecord(path)
+    with pytest.raises(ValueError, match="another labelling app is writing this record"):
+        preferences.append_judgements(path, [pair("r0", "r2", "b")])
+    record.close()
+    assert path.read_bytes() == before

@@ -27,6 +27,7 @@ Model" (D3PO, CVPR 2024, arXiv 2311.13231), section 4 (preference data).
 
 from __future__ import annotations
 
+import codecs
 import fcntl
 import itertools
 import json
@@ -128,12 +129,20 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+def _is_finite_number(value: Any) -> bool:
+    """A number a float holds: not a boolean, not inf or NaN, not an integer beyond 1e308."""
+    try:
+        return _is_number(value) and math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 def _check_scores(record: dict[str, Any], where: str, known_ids: set[str] | None) -> None:
     scores = record["scores"]
     if not isinstance(scores, dict) or not scores:
         raise InputFileError(f"{where}: field 'scores' must map image ids to numbers")
     for image, value in scores.items():
-        if not _is_number(value) or not math.isfinite(value):
+        if not _is_finite_number(value):
             raise InputFileError(
                 f"{where}: field 'scores' gives image {image!r} a non-number {value!r}"
             )
@@ -174,7 +183,7 @@ def validate_judgement(
     if not isinstance(record, dict):
         raise InputFileError(f"{where}: expected a JSON object, got {type(record).__name__}")
     kind = record.get("kind", "pair")
-    if kind not in KIND_FIELDS:
+    if not isinstance(kind, str) or kind not in KIND_FIELDS:
         raise InputFileError(
             f"{where}: field 'kind' must be one of {', '.join(KIND_FIELDS)}, got {kind!r}"
         )
@@ -240,22 +249,23 @@ def check_against_manifest(record: dict[str, Any], where: str, manifest: pd.Data
 def _parse_lines(path: Path) -> list[tuple[int, Any]]:
     """(line number, parsed JSON) of every non-blank line; a UTF-8 BOM is accepted.
 
-    A last line cut short (no newline, not JSON), as a crash in mid-write can leave, is
-    ignored with a warning: no decision on it was ever confirmed.
+    A last line cut short (no newline, not JSON or cut inside a character), as a crash in
+    mid-write can leave, is ignored with a warning: no decision on it was ever confirmed.
+    Lines are decoded one by one, so that a bad byte is an error naming its line.
     """
-    text = path.read_text(encoding="utf-8-sig")
-    lines = text.split("\n")
+    lines = path.read_bytes().removeprefix(codecs.BOM_UTF8).split(b"\n")
     parsed = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
-            parsed.append((number, json.loads(line)))
-        except json.JSONDecodeError as error:
-            if number == len(lines) and not text.endswith("\n"):
+            parsed.append((number, json.loads(line.decode("utf-8"))))
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            if number == len(lines):  # no newline after it: a cut-off last line
                 logger.warning("%s line %d: ignoring a cut-off last line", path.name, number)
                 continue
-            raise InputFileError(f"{path.name} line {number}: invalid JSON ({error.msg})") from None
+            reason = error.msg if isinstance(error, json.JSONDecodeError) else "not UTF-8"
+            raise InputFileError(f"{path.name} line {number}: invalid JSON ({reason})") from None
     return parsed
 
 
@@ -420,16 +430,17 @@ def _judgement_line(judgement: dict[str, Any]) -> str:
 
 
 def append_judgements(path: Path, judgements: list[dict[str, Any]]) -> None:
-    """Validate every judgement, then append them as lines to ``path`` (never rewrites it)."""
+    """Validate every judgement, then append them as lines to ``path`` and sync them (through
+    ``JudgementRecord``: locked against a labelling app writing to it, its end repaired)."""
     path = Path(path)
     for number, judgement in enumerate(judgements, start=1):
         validate_judgement(judgement, where=f"{path.name} (new judgement {number})")
     text = "".join(_judgement_line(judgement) + "\n" for judgement in judgements)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A file whose last line lacks its newline would otherwise fuse with the new line.
-    needs_newline = path.is_file() and path.stat().st_size > 0 and _last_byte(path) != b"\n"
-    with path.open("a", encoding="utf-8") as handle:
-        handle.write(("\n" if needs_newline else "") + text)
+    record = JudgementRecord(path)
+    try:
+        record.wait_durable(record.write_line(text.encode("utf-8")))
+    finally:
+        record.close()
 
 
 def append_judgement(path: Path, judgement: dict[str, Any]) -> None:
@@ -437,17 +448,12 @@ def append_judgement(path: Path, judgement: dict[str, Any]) -> None:
     append_judgements(path, [judgement])
 
 
-def _last_byte(path: Path) -> bytes:
-    with path.open("rb") as handle:
-        handle.seek(-1, 2)
-        return handle.read(1)
-
-
 class JudgementRecord:
     """The record one labelling app appends to: each line on disk (fsync) before it is confirmed.
 
     The file is locked (``flock``) for the app's lifetime, so that a second app cannot write
-    to it at the same time. Lines from several threads are written in order under a lock; the
+    to it at the same time. Opening it repairs its end (``_end_last_line``). Lines from several
+    threads are written in order under a lock; the
     fsync that makes them durable is shared (group commit): a thread waiting for its line
     either finds it already synced by another thread's fsync or runs one that covers every
     line written so far.
@@ -466,8 +472,23 @@ class JudgementRecord:
             raise InputFileError(
                 f"{self.path}: another labelling app is writing this record"
             ) from None
-        if self._handle.tell() > 0 and _last_byte(self.path) != b"\n":
-            self.wait_durable(self.write_line(b"\n"))  # a crash's cut-off line stays alone
+        self._end_last_line()
+
+    def _end_last_line(self) -> None:
+        """A last line without its newline gets one if it is whole; cut off by a crash (not
+        JSON), it is removed, its text logged: no decision on it was confirmed, and a line
+        appended after it would make it a bad line inside the record."""
+        tail = self.path.read_bytes().rpartition(b"\n")[2]
+        if not tail:
+            return
+        try:
+            json.loads(tail.decode("utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            logger.warning("%s: removing a cut-off last line: %r", self.path.name, tail)
+            os.ftruncate(self._handle.fileno(), self._handle.tell() - len(tail))
+            os.fsync(self._handle.fileno())
+            return
+        self.wait_durable(self.write_line(b"\n"))
 
     def write_line(self, data: bytes) -> int:
         """Hand ``data`` to the OS, in order; returns the ticket ``wait_durable`` takes."""
