@@ -130,6 +130,20 @@ def test_recomputed_log_probs_equal_recorded_ones(tiny_pipe, sampler):
     )
 
 
+@pytest.mark.parametrize("guidance_scale", [1.0, 3.0])
+def test_half_precision_weights_sample_without_autocast(sampler, guidance_scale):
+    from dataclasses import replace
+
+    from d3po.models import ModelSpec, load_pipeline
+
+    pipe = load_pipeline(ModelSpec(source="tiny-random", seed=0))  # a copy of its own to cast
+    pipe.unet.to(torch.bfloat16)
+    pipe.text_encoder.to(torch.bfloat16)
+    spec = replace(sampler, num_steps=2, guidance_scale=guidance_scale)
+    trajectories = sample(pipe, ["a red circle"], 2, [1], spec)
+    assert torch.isfinite(trajectories.log_probs).all()
+
+
 def test_eta_zero_is_refused(tiny_pipe, sampler):
     from dataclasses import replace
 

@@ -146,9 +146,9 @@ def guided_noise_prediction(
 ) -> torch.Tensor:
     """eps_uncond + w (eps_cond - eps_uncond), in one UNet call of 2B items."""
     batch = latents.shape[0]
+    dtype = next(unet.parameters()).dtype  # half weights take half inputs, autocast or not
     if guidance_scale == 1.0:
-        return unet(latents, timesteps, prompt_embeds).sample
-    dtype = next(unet.parameters()).dtype
+        return unet(latents.to(dtype), timesteps, prompt_embeds.to(dtype)).sample
     model_input = torch.cat([latents, latents]).to(dtype)
     embeds = torch.cat([negative_embeds.expand(batch, -1, -1), prompt_embeds]).to(dtype)
     noise_uncond, noise_cond = unet(
