@@ -46,6 +46,15 @@ def test_method_options_are_checked_and_filled_in():
     assert filled.method_options["reward_weight"] == 10.0  # the declared default
 
 
+def test_float_settings_refuse_strings_and_booleans():
+    from d3po.config import TrainingSpec, parse
+
+    with pytest.raises(ValueError, match=r"training.learning_rate: expected float, got '3e-5'"):
+        parse(TrainingSpec, {"learning_rate": "3e-5"}, "training")  # YAML 1.1: a string
+    with pytest.raises(ValueError, match=r"method_options.beta: expected float, got True"):
+        dataclasses.replace(settings("d3po"), method_options={"beta": True})
+
+
 @torch.no_grad()
 def objective(method: str, trainer: Trainer, items, trajectories) -> float:
     """What each method is meant to raise, computed from the model, not from its loss."""

@@ -159,9 +159,9 @@ def typed_value(hint: Any, value: Any, where: str) -> Any:
     if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
     if (
-        hint in (int, str, bool)
+        hint in (int, float, str, bool)
         and not isinstance(value, hint)
-        or (hint is int and isinstance(value, bool))
+        or (hint in (int, float) and isinstance(value, bool))
     ):
         raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}")
     return value
