@@ -296,6 +296,77 @@ def test_gpu_smoke_asks_for_a_gpu_with_the_default_config(workdir: Path):
     assert rule == "gpu_smoke" and resources["gpu"] == "1", resources
 
 
+def test_without_d3po_on_the_path_a_dry_run_plans_and_a_run_stops_before_any_job(workdir):
+    """A login node without the package plans; a run there stops at its start, in one line."""
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "snakemake", "--cores", "1", *args],
+            cwd=workdir,
+            env=os.environ | {"PATH": "/usr/bin:/bin"},  # not this venv's bin: no `d3po`
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    planned = run("--dry-run")
+    assert planned.returncode == 0, planned.stdout + planned.stderr
+    started = run()
+    output = started.stdout + started.stderr
+    assert started.returncode != 0 and "`d3po` is not on the PATH" in output, output
+    assert not [path for path in (workdir / "results").rglob("*") if path.is_file()], output
+
+
+def test_a_results_dir_written_with_a_dot_and_a_slash_plans(workdir: Path):
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config["results_dir"] = "./out/"
+    (workdir / "out.yaml").write_text(yaml.safe_dump(config))
+    result = dry_run(workdir, "out.yaml")
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "out/train/compressibility/d3po/seed0/checkpoints" in output
+
+
+def test_a_smoke_block_that_sets_one_field_keeps_the_gpu(workdir: Path):
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config["resources"]["smoke"] = {"runtime": 20}
+    (workdir / "smoke.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake(
+        workdir,
+        "gpu_smoke",
+        "--profile",
+        "profiles/slurm",
+        "--dry-run",
+        "--configfile",
+        "smoke.yaml",
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    [(_, resources)] = planned_jobs(output)
+    assert (resources["gpu"], resources["runtime"], resources["mem_mb"]) == ("1", "20", "8000")
+
+
+def test_a_proxy_rule_asks_the_evaluate_amounts_and_joins_the_score_bundles(workdir: Path):
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config["proxy_rules"] = ["workflow/proxies/clip_score.smk"]
+    config["evaluation"]["proxies"] = ["toy_safe", "clip_score"]
+    (workdir / "clip.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake(
+        workdir, "--profile", "profiles/slurm", "--dry-run", "--configfile", "clip.yaml"
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    asked = config["resources"]["evaluate"]
+    clip_jobs = [resources for rule, resources in planned_jobs(output) if rule == "clip_score"]
+    assert clip_jobs and all(
+        {key: int(resources[key]) for key in asked}
+        == {**asked, "runtime": minutes(asked["runtime"])}
+        for resources in clip_jobs
+    ), clip_jobs
+    score_jobs = job_counts(output)["score_samples"] + len(clip_jobs)
+    assert output.count("Group job score") == -(-score_jobs // 32)
+
+
 def test_threads_follow_cpus_per_task(workdir: Path):
     """Snakemake exports OMP_NUM_THREADS={threads}: it must be the cores a job asked for."""
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
@@ -313,23 +384,6 @@ def test_threads_follow_cpus_per_task(workdir: Path):
         rule = block.split(":", 1)[0]
         if kind_of(rule) in cpus:
             assert f"threads: {cpus[kind_of(rule)]}" in block, block
-
-
-def test_a_run_without_d3po_on_the_path_stops_before_any_job(workdir: Path):
-    """Jobs run `d3po`; without it on the PATH every job would fail, said only in its log."""
-    python_only = {"PATH": "/usr/bin:/bin"}
-    result = subprocess.run(
-        [sys.executable, "-m", "snakemake", "--cores", "1"],
-        cwd=workdir,
-        env=os.environ | python_only,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    output = result.stdout + result.stderr
-    assert result.returncode != 0, output
-    assert "d3po" in output and "PATH" in output, output
-    assert "Job stats" not in output, output
 
 
 def test_a_dry_run_needs_no_torch(workdir: Path, tmp_path: Path):
@@ -462,6 +516,14 @@ def mistyped_field(config):
     config["training"]["epochs"] = "ten"
 
 
+def slurm_style_runtime(config):
+    config["resources"]["train"]["runtime"] = "08:00:00"
+
+
+def boolean_float_option(config):
+    config["methods"]["d3po"]["beta"] = True
+
+
 BAD_CONFIGS = {
     unknown_proxy: [
         "experiments.compressibility.objectives",
@@ -483,6 +545,8 @@ BAD_CONFIGS = {
         "(renamed to units_per_step)",
     ],
     mistyped_field: ["bad.yaml line", "training.epochs = 'ten'", "integer"],
+    slurm_style_runtime: ["bad.yaml line", "resources.train.runtime: '08:00:00' is not a"],
+    boolean_float_option: ["bad.yaml line", "methods.d3po", "beta: expected float, got True"],
     misspelt_experiment_method_option: [
         "bad.yaml line",
         "experiments.compressibility.method_options.d3po",

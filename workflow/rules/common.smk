@@ -104,7 +104,8 @@ def check_schema(schema_file):
 check_schema(Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml")
 validate(config, "../schemas/config.schema.yaml")  # fills in the defaults
 
-RESULTS = config["results_dir"]
+# normalised as Path() writes paths, which some inputs are built with: "./out/" -> "out"
+RESULTS = os.path.normpath(config["results_dir"])
 
 
 def job_environment():
@@ -255,10 +256,11 @@ def check_online_objectives(name, experiment):
 FEEDBACK_SOURCES = ("file", "simulate", "proxy")
 
 
-# The model's files are checked when a run starts, before its first job (and before Snakemake
-# removes the old outputs of any job); a dry run only plans, so it also works on a machine
-# that does not hold the weights, e.g. to plan config/paper.yaml.
+# The model's files and the `d3po` command are checked when a run starts, before its first job
+# (and before Snakemake removes the old outputs of any job); a dry run only plans, so it also
+# works on a machine that holds neither, e.g. to plan config/paper.yaml on a login node.
 onstart:
+    check_d3po_command()
     check_model()
 
 
@@ -403,7 +405,7 @@ def check_d3po_command():
         deployment is not None
         and DeploymentMethod.CONDA in deployment.deployment_method
     )
-    if workflow.dryrun or uses_conda or shutil.which("d3po"):
+    if uses_conda or shutil.which("d3po"):
         return
     raise WorkflowError(
         "`d3po` is not on the PATH, and every job runs it: activate the environment it is "
@@ -457,7 +459,6 @@ def register_rule_proxies(path, rules):
 
 
 METHOD_CLASSES = registered_methods()
-check_d3po_command()
 
 
 # ------------------------------------------------------------------------- settings documents
@@ -706,7 +707,7 @@ def job_resources(kind, sample_sets=1):
     amounts = config["resources"][kind]
     return {
         "gpu": amounts["gpu"],
-        "runtime": sample_sets * minutes(amounts["runtime"]),
+        "runtime": sample_sets * runtime_minutes(kind),
         "mem_mb": amounts["mem_mb"],
         "cpus_per_task": amounts["cpus_per_task"],
     }
@@ -718,13 +719,27 @@ def job_threads(kind):
     return config["resources"][kind]["cpus_per_task"]
 
 
-def minutes(runtime):
-    """A runtime of the config (minutes, or a string with a unit such as "8h") in minutes."""
+def runtime_minutes(kind):
+    """resources.KIND.runtime in minutes: minutes, or a number with a unit ("8h", "90 min");
+    anything else (Slurm's "08:00:00", a bare "1.5") is a one-line error naming the field.
+    """
+    runtime = config["resources"][kind]["runtime"]
     if isinstance(runtime, int) or runtime.isdigit():
         return int(runtime)
-    from humanfriendly import parse_timespan
+    from humanfriendly import InvalidTimespan, parse_timespan
 
-    return round(parse_timespan(runtime) / 60)
+    # humanfriendly reads a number without a unit ("90", "1.5") as seconds
+    has_unit = re.search(r"[a-z]\s*$", runtime, re.I)
+    try:
+        seconds = parse_timespan(runtime) if has_unit else 0
+    except InvalidTimespan:
+        seconds = 0
+    if seconds < 60:
+        raise WorkflowError(
+            f"{config_location(['resources', kind, 'runtime'])}: resources.{kind}.runtime: "
+            f"{runtime!r} is not a runtime; give minutes (90) or a number with a unit (8h, 90m)"
+        )
+    return round(seconds / 60)
 
 
 # ------------------------------------------------------------------------- feedback rounds
