@@ -1,7 +1,7 @@
 """D3PO and baselines on proxy objectives: train, sample every checkpoint, score, plot, tabulate.
 
     snakemake --cores 2                                   # the embedded tiny default
-    snakemake --cores 2 --configfile config/paper.yaml    # the paper's Stable Diffusion runs
+    snakemake --cores 2 --configfile config/paper.yaml --replace-workflow-config   # the paper
     snakemake --profile profiles/slurm --configfile config/paper.yaml   # on a SLURM cluster
     snakemake --report report.html                        # plots and table as one page
 

@@ -36,6 +36,9 @@ rule brightness:
         f"{RESULTS}/scores/{{sample_set}}/brightness.csv",
     conda:
         "brightness.yaml"
+    threads: job_threads("evaluate")
+    resources:
+        **job_resources("evaluate"),
     shell:
         "python my_rules/brightness.py {input.samples} {output}"
 """

@@ -19,8 +19,14 @@ rule clip_score:
         f"{RESULTS}/logs/clip_score/{{sample_set}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/clip_score/{{sample_set}}.tsv"
+    group:
+        "score"  # bundled with the other score jobs under the slurm profile
     conda:
         "envs/clip_score.yaml"
+    threads: job_threads("evaluate")
+    resources:
+        **job_resources("evaluate"),  # config resources.evaluate, as every score job
+        bundle_slot=1,
     params:
         # model (open_clip name or local-dir:FOLDER), pretrained (tag in the cache, or a
         # weights file), cache_dir, batch_size
