@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from d3po.config import SamplerSpec, TrainingSpec, TrainSettings
+from d3po.methods.base import steps_per_unit
 from d3po.train import Trainer, save_state, train
 
 PROMPTS = ("a red circle", "a blue square", "a green triangle")
@@ -59,6 +60,16 @@ def test_micro_batching_is_exact(method):
     for name, change in changes[0].items():
         scale = change.abs().max().item()
         torch.testing.assert_close(changes[1][name], change, rtol=0, atol=1e-3 * scale + 1e-12)
+
+
+@pytest.mark.parametrize(
+    ("fraction", "steps", "expected"),
+    [(0.14, 50, 7), (0.28, 50, 14), (0.56, 50, 28), (0.67, 3, 3), (0.01, 10, 1), (1.0, 20, 20)],
+)
+def test_steps_per_unit_is_the_ceiling_of_the_fraction_not_of_its_rounding(
+    fraction, steps, expected
+):
+    assert steps_per_unit(fraction, steps) == expected
 
 
 def test_d3po_items_are_all_pairs_times_trained_steps():

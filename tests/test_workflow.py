@@ -524,6 +524,18 @@ def boolean_float_option(config):
     config["methods"]["d3po"]["beta"] = True
 
 
+def no_evaluation_proxy(config):
+    config["evaluation"]["proxies"] = []
+
+
+def negative_seed(config):
+    experiment(config)["seeds"] = [-1]
+
+
+def experiment_named_base(config):
+    config["experiments"]["base"] = config["experiments"].pop("compressibility")
+
+
 BAD_CONFIGS = {
     unknown_proxy: [
         "experiments.compressibility.objectives",
@@ -545,6 +557,9 @@ BAD_CONFIGS = {
         "(renamed to units_per_step)",
     ],
     mistyped_field: ["bad.yaml line", "training.epochs = 'ten'", "integer"],
+    no_evaluation_proxy: ["bad.yaml line", "evaluation.proxies = []"],
+    negative_seed: ["bad.yaml line", "experiments.compressibility.seeds[0] = -1", "minimum"],
+    experiment_named_base: ["bad.yaml line", "experiments.base: 'base' names the untrained"],
     slurm_style_runtime: ["bad.yaml line", "resources.train.runtime: '08:00:00' is not a"],
     boolean_float_option: ["bad.yaml line", "methods.d3po", "beta: expected float, got True"],
     misspelt_experiment_method_option: [

@@ -171,6 +171,11 @@ def check_config(config):
     check_proxies("evaluation.proxies", config["evaluation"]["proxies"])
     check_proxies("proxies", config["proxies"])
     check_proxy_options()
+    if "base" in config["experiments"]:
+        raise WorkflowError(
+            f"{config_location(['experiments', 'base'])}: experiments.base: 'base' names the "
+            "untrained model's sample set (results/samples/base); name the experiment otherwise"
+        )
     for name, experiment in config["experiments"].items():
         check_prompt_list(f"experiments.{name}.prompts", experiment["prompts"])
         check_proxies(f"experiments.{name}.objectives", experiment["objectives"])

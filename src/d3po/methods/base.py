@@ -132,11 +132,17 @@ class Items:
         return self.select(torch.isin(self.tensors["unit"], units).nonzero().squeeze(1))
 
 
+def steps_per_unit(fraction: float, num_steps: int) -> int:
+    """ceil(fraction * T), at least 1; rounded first, so that 0.14 * 50 = 7.000000000000001
+    trains 7 steps, not 8."""
+    return max(1, math.ceil(round(fraction * num_steps, 9)))
+
+
 def trained_steps(
     num_units: int, num_steps: int, fraction: float, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(unit, step) index pairs: a random ``fraction`` of the T steps for each unit."""
-    per_unit = max(1, math.ceil(fraction * num_steps))
+    per_unit = steps_per_unit(fraction, num_steps)
     permutations = [torch.randperm(num_steps, generator=generator) for _ in range(num_units)]
     steps = torch.stack(permutations) if permutations else torch.zeros(0, num_steps).long()
     steps = steps[:, :per_unit]  # (U, per_unit)

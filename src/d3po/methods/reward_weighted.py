@@ -20,12 +20,10 @@ items as the step-wise methods train per sample.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 
-from d3po.methods.base import Feedback, Items, Method, Policy
+from d3po.methods.base import Feedback, Items, Method, Policy, steps_per_unit
 from d3po.sampling import Trajectories
 
 
@@ -50,7 +48,7 @@ def denoising_items(
 ) -> Items:
     """Items of the denoising loss: one unit per entry of ``samples`` (sample indices, (U,)),
     each at ceil(fraction * T) random noise levels in [0, 1) and fresh noises."""
-    per_unit = max(1, math.ceil(fraction * trajectories.num_steps))
+    per_unit = steps_per_unit(fraction, trajectories.num_steps)
     unit = torch.arange(len(samples)).repeat_interleave(per_unit)  # (N,)
     shape = trajectories.latents.shape[2:]  # (C, H, W)
     return Items(
