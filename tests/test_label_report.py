@@ -120,6 +120,10 @@ def test_reference_files_give_the_reference_pairs(samples, tmp_path):
                         (3 * group + i, 3 * group + j)[:: 1 if mean[i] > mean[j] else -1]
                     )
     assert sorted(map(tuple, decided.pairs.tolist())) == sorted(expected)
+    before = record.read_bytes()
+    with pytest.raises(ValueError, match="ana.json prompt 1: decision 'reference:ana:1' is alre"):
+        import_reference(samples, files, record)  # a second import would count twice
+    assert record.read_bytes() == before
     bad = tmp_path / "cy.json"
     bad.write_text(json.dumps([[1, 0]]))
     with pytest.raises(ValueError, match="cy.json prompt 1: expected a list of 3 scores"):

@@ -9,6 +9,10 @@
   two ``<Image>`` tags): per task, two image URLs in ``data`` and per annotation a result of
   type ``pairwise`` with ``value.selected`` ``left`` or ``right``. Images are matched to the
   sample set by file name (Label Studio prefixes uploads with ``xxxxxxxx-``).
+
+Each imported line's ``decision`` id names its source (``reference:ANNOTATOR:PROMPT``,
+``label-studio:TASK:ANNOTATION``), so that an import repeated into the same record is refused
+instead of counting its votes twice, and an imported decision can be undone.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from d3po.preferences import (
     append_judgements,
     check_against_manifest,
     index_manifest,
+    read_judgements,
     validate_judgement,
 )
 from d3po.sample_sets import read_manifest
@@ -43,11 +48,19 @@ def _now() -> str:
 
 
 def _write(samples_dir: Path, out: Path, lines: list[tuple[str, dict[str, Any]]]) -> int:
-    """Check every (where, line) against the set, then append them all to ``out``."""
+    """Check every (where, line) against the set and the record's decision ids, then append
+    them all to ``out``."""
     manifest = index_manifest(read_manifest(samples_dir))
+    decisions = set(read_judgements(out)["decision"].dropna()) if Path(out).is_file() else set()
     for where, line in lines:
         validate_judgement(line, where, set(manifest.index))
         check_against_manifest(line, where, manifest)
+        if line["decision"] in decisions:
+            raise InputFileError(
+                f"{where}: decision {line['decision']!r} is already in {Path(out).name} (imported "
+                "twice?); nothing was appended"
+            )
+        decisions.add(line["decision"])
     append_judgements(out, [line for _, line in lines])
     return len(lines)
 
@@ -72,6 +85,7 @@ def import_reference(samples_dir: Path, files: list[Path], out: Path) -> int:
                 )
             line = {
                 "kind": "score",
+                "decision": f"reference:{path.stem}:{number}",
                 "prompt": str(rows["prompt"].iloc[0]),
                 "scores": dict(zip(rows["id"].astype(str), entry, strict=True)),
                 "annotator": path.stem,
@@ -125,7 +139,7 @@ def import_label_studio(
                 f"{where}: data has no field(s) {missing}; pass --fields LEFT,RIGHT"
             )
         a, b = (_match(data[name], ids, where) for name in fields)
-        for annotation in task.get("annotations", []):
+        for index, annotation in enumerate(task.get("annotations", []), start=1):
             selected = [
                 result["value"].get("selected")
                 for result in annotation.get("result", [])
@@ -139,6 +153,7 @@ def import_label_studio(
                 )
             line = {
                 "kind": "pair",
+                "decision": f"label-studio:{task.get('id', number)}:{annotation.get('id', index)}",
                 "prompt": str(prompt_of[a]),
                 "a": a,
                 "b": b,
