@@ -140,7 +140,7 @@ def label_studio_task(task_id, left, right, selections):
     ]  # fmt: skip
     data = {
         "image1": f"/data/upload/1/3f9a1c2e-{left}.png",
-        "image2": f"/data/upload/1/{right}.png",
+        "image2": f"/data/local-files/?d=sets%2Fround1%2F{right}.png",  # local storage
     }
     return {"id": task_id, "data": data, "annotations": annotations}
 

@@ -8,7 +8,8 @@
 - ``label-studio``: Label Studio's JSON export of a pairwise project (``<Pairwise>`` tag over
   two ``<Image>`` tags): per task, two image URLs in ``data`` and per annotation a result of
   type ``pairwise`` with ``value.selected`` ``left`` or ``right``. Images are matched to the
-  sample set by file name (Label Studio prefixes uploads with ``xxxxxxxx-``).
+  sample set by file name (Label Studio prefixes uploads with ``xxxxxxxx-``; local storage
+  names the file in the URL's ``d`` parameter).
 
 Each imported line's ``decision`` id names its source (``reference:ANNOTATOR:PROMPT``,
 ``label-studio:TASK:ANNOTATION``), so that an import repeated into the same record is refused
@@ -21,7 +22,7 @@ import json
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlparse
+from urllib.parse import parse_qs, unquote, urlparse
 
 import pandas as pd
 
@@ -105,7 +106,9 @@ def _image_ids(manifest: pd.DataFrame) -> dict[str, str]:
 
 
 def _match(url: Any, ids: dict[str, str], where: str) -> str:
-    name = Path(unquote(urlparse(str(url)).path)).name
+    parsed = urlparse(str(url))
+    # local storage serves /data/local-files/?d=FOLDER/FILE; uploads and URLs name the path
+    name = Path(parse_qs(parsed.query).get("d", [unquote(parsed.path)])[0]).name
     for candidate in (name, name.split("-", 1)[-1], Path(name).stem):
         if candidate in ids:
             return ids[candidate]
