@@ -386,8 +386,21 @@ def test_threads_follow_cpus_per_task(workdir: Path):
             assert f"threads: {cpus[kind_of(rule)]}" in block, block
 
 
-def test_a_dry_run_needs_no_torch(workdir: Path, tmp_path: Path):
+def round_scored_outside_the_evaluation(config: dict) -> None:
+    judgements = config["experiments"]["safety_judged"]["judgements"]
+    del judgements["simulate"]
+    judgements["proxy"] = "jpeg_incompressibility"
+    config["evaluation"]["proxies"].remove("jpeg_incompressibility")
+
+
+@pytest.mark.parametrize(
+    "change", [lambda config: None, round_scored_outside_the_evaluation], ids=["default", "round"]
+)
+def test_a_dry_run_needs_no_torch(workdir: Path, tmp_path: Path, change):
     """The workflow plans without the package's heavy imports (a login node without torch)."""
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    change(config)
+    (workdir / "config" / "config.yaml").write_text(yaml.safe_dump(config))
     fake = tmp_path / "no-torch" / "torch"
     fake.mkdir(parents=True)
     (fake / "__init__.py").write_text("raise ImportError('torch is not installed here')\n")

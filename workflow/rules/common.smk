@@ -535,9 +535,20 @@ def as_json(function):
 
 
 def unevaluated_registered_proxies():
-    """Registered proxies the evaluation does not list (a round may judge by one of them)."""
+    """Registered proxies the evaluation does not list (a round may judge by one of them).
+    Without the package here, the rounds' proxies that no rule of the config writes."""
     listed = config["evaluation"]["proxies"]
-    return [name for name in REGISTERED_PROXIES or () if name not in listed]
+    if REGISTERED_PROXIES is None:
+        rounds = [
+            name
+            for experiment, settings in config["experiments"].items()
+            if (settings.get("judgements") or {}).get("proxy")
+            for name in round_proxies(experiment)
+        ]
+        candidates = [name for name in rounds if name not in RULE_PROXIES]
+    else:
+        candidates = REGISTERED_PROXIES
+    return sorted({name for name in candidates if name not in listed})
 
 
 def evaluated_registered_proxies():
