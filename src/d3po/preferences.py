@@ -449,14 +449,14 @@ def append_judgement(path: Path, judgement: dict[str, Any]) -> None:
 
 
 class JudgementRecord:
-    """The record one labelling app appends to: each line on disk (fsync) before it is confirmed.
+    """A judgement record open for appending: each line on disk (fsync) before it is confirmed.
 
-    The file is locked (``flock``) for the app's lifetime, so that a second app cannot write
-    to it at the same time. Opening it repairs its end (``_end_last_line``). Lines from several
-    threads are written in order under a lock; the
-    fsync that makes them durable is shared (group commit): a thread waiting for its line
-    either finds it already synced by another thread's fsync or runs one that covers every
-    line written so far.
+    Every writer goes through it: the labelling app for its lifetime, an import or the toy
+    annotator for one batch. The file is locked (``flock``), so that no second writer appends
+    at the same time, and its end is repaired on opening (``_end_last_line``). Lines from
+    several threads are written in order under a lock; the fsync that makes them durable is
+    shared (group commit): a thread waiting for its line either finds it already synced by
+    another thread's fsync or runs one that covers every line written so far.
     """
 
     def __init__(self, path: Path) -> None:
