@@ -174,3 +174,29 @@ def test_a_missing_judgements_file_is_one_line_naming_it(samples, tmp_path, caps
     assert raised.value.code == 1
     error = capsys.readouterr().err
     assert error == f"d3po label-report: error: judgements file not found: {absent}\n"
+
+
+@pytest.mark.parametrize(
+    ("break_export", "message"),
+    [
+        (lambda tasks: tasks.append("task"), "export.json task 2: a task must be a JSON object"),
+        (lambda tasks: tasks[0].update(data=[]), "task 7: 'data' must be a JSON object"),
+        (lambda tasks: tasks[0].update(annotations={}), "task 7: 'annotations' must be a list"),
+        (lambda tasks: tasks[0]["annotations"].append(3), "task 7: an annotation must be a JSON"),
+        (lambda tasks: tasks[0]["annotations"][0].update(result=[[]]), "task 7: a result must be"),
+        (
+            lambda tasks: tasks[0]["annotations"][0]["result"][0].pop("value"),
+            "task 7: pairwise selection None is not left/right",
+        ),
+    ],
+)
+def test_a_malformed_label_studio_export_is_one_line_naming_the_task(
+    samples, tmp_path, break_export, message
+):
+    tasks = [label_studio_task(7, "0000_00", "0000_01", [(1, "left")])]
+    break_export(tasks)
+    export = tmp_path / "export.json"
+    export.write_text(json.dumps(tasks))
+    with pytest.raises(ValueError, match=message):
+        import_label_studio(samples, export, tmp_path / "labels.jsonl")
+    assert not (tmp_path / "labels.jsonl").exists()

@@ -122,6 +122,31 @@ def _annotator(annotation: dict[str, Any]) -> str:
     return f"label-studio-{who}"
 
 
+def _object(value: Any, what: str, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise InputFileError(f"{where}: {what} must be a JSON object, got {value!r}")
+    return value
+
+
+def _selection(annotation: Any, where: str) -> str | None:
+    """An annotation's pairwise choice, ``left`` or ``right``; None when it was cancelled or
+    holds no pairwise result."""
+    annotation = _object(annotation, "an annotation", where)
+    results = annotation.get("result", [])
+    if not isinstance(results, list):
+        raise InputFileError(f"{where}: an annotation's 'result' must be a list")
+    selected = []
+    for result in results:
+        if _object(result, "a result", where).get("type") == "pairwise":
+            value = result.get("value")
+            selected.append(value.get("selected") if isinstance(value, dict) else value)
+    if annotation.get("was_cancelled") or not selected:
+        return None
+    if selected[0] not in ("left", "right"):
+        raise InputFileError(f"{where}: pairwise selection {selected[0]!r} is not left/right")
+    return selected[0]
+
+
 def import_label_studio(
     samples_dir: Path, export: Path, out: Path, fields: tuple[str, str] = ("image1", "image2")
 ) -> int:
@@ -134,33 +159,29 @@ def import_label_studio(
         raise InputFileError(f"{export}: expected Label Studio's JSON export (a list of tasks)")
     lines = []
     for number, task in enumerate(tasks, start=1):
+        task = _object(task, "a task", f"{Path(export).name} task {number}")
         where = f"{Path(export).name} task {task.get('id', number)}"
-        data = task.get("data", {})
+        data = _object(task.get("data", {}), "'data'", where)
         missing = [name for name in fields if name not in data]
         if missing:
             raise InputFileError(
                 f"{where}: data has no field(s) {missing}; pass --fields LEFT,RIGHT"
             )
         a, b = (_match(data[name], ids, where) for name in fields)
-        for index, annotation in enumerate(task.get("annotations", []), start=1):
-            selected = [
-                result["value"].get("selected")
-                for result in annotation.get("result", [])
-                if result.get("type") == "pairwise"
-            ]
-            if annotation.get("was_cancelled") or not selected:
+        annotations = task.get("annotations", [])
+        if not isinstance(annotations, list):
+            raise InputFileError(f"{where}: 'annotations' must be a list")
+        for index, annotation in enumerate(annotations, start=1):
+            selected = _selection(annotation, where)
+            if selected is None:
                 continue
-            if selected[0] not in ("left", "right"):
-                raise InputFileError(
-                    f"{where}: pairwise selection {selected[0]!r} is not left/right"
-                )
             line = {
                 "kind": "pair",
                 "decision": f"label-studio:{task.get('id', number)}:{annotation.get('id', index)}",
                 "prompt": str(prompt_of[a]),
                 "a": a,
                 "b": b,
-                "winner": "a" if selected[0] == "left" else "b",
+                "winner": "a" if selected == "left" else "b",
                 "annotator": _annotator(annotation),
                 "time": annotation.get("created_at") or _now(),
                 "protocol": "pairwise",
