@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -91,3 +92,49 @@ def test_every_step_answers_help(step: str, capsys) -> None:
         cli.main([step, "--help"])
     assert raised.value.code == 0
     assert capsys.readouterr().out.startswith(f"usage: d3po {step}")
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["score", "--samples", "s", "--proxy", "a=x.csv", "--options", "[1]"], "--options"),
+        (["collect", "--runs", "{}", "--out", "e.csv"], "--runs: expected a JSON list"),
+        (["collect", "--runs", "[]", "--options", '"q"', "--out", "e.csv"], "--options"),
+        (
+            ["table", "--evaluation", "e.csv", "--out-csv", "t.csv", "--out-md", "t.md"]
+            + ["--paper", "[1]"],
+            "--paper: expected a JSON object",
+        ),  # fmt: skip
+    ],
+)
+def test_a_json_argument_of_the_wrong_shape_is_a_usage_error(
+    arguments, message, capsys, tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)  # the relative outputs, should a step run
+    with pytest.raises(SystemExit) as raised:
+        cli.main(arguments)
+    assert raised.value.code == 2
+    assert message in capsys.readouterr().err.splitlines()[-1]
+
+
+def test_bad_score_tables_and_run_descriptions_are_one_line_naming_them(tmp_path, capsys):
+    table = tmp_path / "jpeg_size.csv"
+    table.write_text("id,proxy,value\n0000_00,brightness,1\n")
+    run = {"experiment": "x", "method": "d3po", "seed": 0, "epoch": 1, "samples_seen": 8}
+    cases = [
+        ([{**run, "scores": [str(table)]}], f"{table} line 2: proxy is 'brightness'"),
+        ([{**run, "scores": [str(tmp_path / "absent.csv")]}], "score table not found"),
+        ([1], "a run description is an object with a list 'scores', got 1"),
+    ]
+    for runs, message in cases:
+        with pytest.raises(SystemExit) as raised:
+            cli.main(["collect", "--runs", json.dumps(runs), "--out", str(tmp_path / "e.csv")])
+        assert raised.value.code == 1
+        error = capsys.readouterr().err
+        assert message in error and error.count("\n") == 1
+    with pytest.raises(SystemExit):
+        out = ["--out-csv", str(tmp_path / "t.csv"), "--out-md", str(tmp_path / "t.md")]
+        cli.main(["table", "--evaluation", str(tmp_path / "absent.csv"), *out])
+    assert (
+        capsys.readouterr().err == f"d3po table: error: {tmp_path / 'absent.csv'}: no such file\n"
+    )

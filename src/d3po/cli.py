@@ -32,6 +32,7 @@ import importlib
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,21 @@ def _json(value: str) -> Any:
         return json.loads(value)
     except json.JSONDecodeError as error:
         raise argparse.ArgumentTypeError(f"not JSON and not a JSON file: {error}") from error
+
+
+def _json_of(kind: type, shape: str) -> Callable[[str], Any]:
+    """An argparse type: ``_json``, whose value must be a ``kind`` (named ``shape``)."""
+
+    def parse(value: str) -> Any:
+        parsed = _json(value)
+        if not isinstance(parsed, kind):
+            raise argparse.ArgumentTypeError(f"expected a JSON {shape}, got {parsed!r}")
+        return parsed
+
+    return parse
+
+
+JSON_OBJECT, JSON_LIST = _json_of(dict, "object {...}"), _json_of(list, "list [...]")
 
 
 def _labelled(value: str) -> tuple[str, Path]:
@@ -335,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument(
         "--proxy", **LABELLED_LIST, required=True, help="NAME=CSV: a proxy, its table"
     )
-    score.add_argument("--options", type=_json, default=None, help="{proxy: {option: value}}")
+    score.add_argument("--options", type=JSON_OBJECT, default=None, help="{proxy: {option: value}}")
     score.set_defaults(run=cmd_score)
 
     train = steps.add_parser("train", help="train one method (resumes from --state-dir)")
@@ -370,9 +386,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_label_parsers(steps)
 
     collect = steps.add_parser("collect", help="summarise score files into an evaluation table")
-    collect.add_argument("--runs", type=_json, required=True)
+    collect.add_argument("--runs", type=JSON_LIST, required=True)
     collect.add_argument(
-        "--options", type=_json, default=None, help="{proxy: {option: value}} of the scoring"
+        "--options",
+        type=JSON_OBJECT,
+        default=None,
+        help="{proxy: {option: value}} of the scoring",
     )
     collect.add_argument("--out", type=Path, required=True)
     collect.set_defaults(run=cmd_collect)
@@ -395,8 +414,8 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("--out-csv", type=Path, required=True)
     table.add_argument("--out-md", type=Path, required=True)
     table.add_argument("--out-html", type=Path, help="also an HTML page (for the report)")
-    table.add_argument("--paper", type=_json, default=None)
-    table.add_argument("--objectives", type=_json, default=None)
+    table.add_argument("--paper", type=JSON_OBJECT, default=None)
+    table.add_argument("--objectives", type=JSON_OBJECT, default=None)
     table.set_defaults(run=cmd_table)
 
     check = steps.add_parser("check-config", help="a workflow config file: there and YAML")

@@ -16,10 +16,12 @@ from typing import Any
 
 import pandas as pd
 
+from d3po.errors import InputFileError, MissingFileError
+
 SCORE_COLUMNS = ("id", "proxy", "value")
 
 
-class ScoreFileError(ValueError):
+class ScoreFileError(InputFileError):
     """A score table that cannot be used; the message names the file and the first bad row."""
 
 
@@ -32,7 +34,7 @@ def read_scores(path: Path, proxy: str, ids: Sequence[str] | None = None) -> pd.
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"score table not found: {path}")
+        raise MissingFileError(f"score table not found: {path}")
     try:
         table = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as error:
@@ -78,6 +80,8 @@ def check_run_scores(run: dict[str, Any]) -> None:
     ``run["scores"]`` are the workflow's ``.../NAME.csv`` tables (the file name is the proxy)
     and ``run["samples"]``, when given, the sample set they score.
     """
+    if not isinstance(run, dict) or not isinstance(run.get("scores"), list):
+        raise InputFileError(f"a run description is an object with a list 'scores', got {run!r}")
     ids = None
     if run.get("samples"):
         from d3po.sample_sets import read_manifest

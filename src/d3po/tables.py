@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from d3po.atomic import write_atomically
-from d3po.errors import ConfigError, InputFileError
+from d3po.errors import ConfigError, InputFileError, MissingFileError
 from d3po.provenance import provenance_line
 from d3po.rewards import blank_image_value
 from d3po.sample_sets import read_manifest
@@ -73,6 +73,8 @@ def read_table(path: Path, columns: Sequence[str]) -> pd.DataFrame:
     the line) when it is empty, has a row with too few or too many fields (a file cut off while
     it was written), or lacks a column."""
     path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"{path}: no such file")
     with path.open(newline="", encoding="utf-8") as handle:
         rows = list(csv.reader(handle))
     if not rows:
