@@ -545,6 +545,10 @@ def negative_seed(config):
     experiment(config)["seeds"] = [-1]
 
 
+def objective_not_evaluated(config):
+    config["evaluation"]["proxies"].remove("toy_safe")
+
+
 def experiment_named_base(config):
     config["experiments"]["base"] = config["experiments"].pop("compressibility")
 
@@ -572,6 +576,10 @@ BAD_CONFIGS = {
     mistyped_field: ["bad.yaml line", "training.epochs = 'ten'", "integer"],
     no_evaluation_proxy: ["bad.yaml line", "evaluation.proxies = []"],
     negative_seed: ["bad.yaml line", "experiments.compressibility.seeds[0] = -1", "minimum"],
+    objective_not_evaluated: [
+        "bad.yaml line",
+        "experiments.safety.objectives: 'toy_safe' is not scored by the evaluation",
+    ],
     experiment_named_base: ["bad.yaml line", "experiments.base: 'base' names the untrained"],
     slurm_style_runtime: ["bad.yaml line", "resources.train.runtime: '08:00:00' is not a"],
     boolean_float_option: ["bad.yaml line", "methods.d3po", "beta: expected float, got True"],

@@ -179,6 +179,7 @@ def check_config(config):
     for name, experiment in config["experiments"].items():
         check_prompt_list(f"experiments.{name}.prompts", experiment["prompts"])
         check_proxies(f"experiments.{name}.objectives", experiment["objectives"])
+        check_objectives_evaluated(name, experiment)
         check_methods(name, experiment)
         check_experiment_method_options(name, experiment)
         if experiment.get("judgements"):
@@ -242,6 +243,20 @@ def check_proxies(field, names):
             f"{field}: unknown proxy {', '.join(map(repr, unknown))}; known proxies: "
             f"{', '.join(known)} (add your own as a function or as a rule listed in config "
             "'proxy_rules': README, 'Add a proxy')"
+        )
+
+
+def check_objectives_evaluated(name, experiment):
+    """The results table leads with an experiment's objective and the curves plot it: every
+    objective is among the proxies the checkpoints are scored with."""
+    evaluated = config["evaluation"]["proxies"]
+    missing = [proxy for proxy in experiment["objectives"] if proxy not in evaluated]
+    if missing:
+        keys = ["experiments", name, "objectives"]
+        raise WorkflowError(
+            f"{config_location(keys)}: {field_name(keys)}: {', '.join(map(repr, missing))} "
+            f"is not scored by the evaluation; add it to evaluation.proxies "
+            f"({', '.join(evaluated)})"
         )
 
 
