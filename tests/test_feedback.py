@@ -9,7 +9,7 @@ import torch
 from d3po.config import SamplerSpec, SampleSettings, TrainingSpec, TrainSettings
 from d3po.feedback import judging_progress, load_labelled, load_scored
 from d3po.models import ModelSpec
-from d3po.preferences import append_judgement
+from d3po.preferences import append_judgements
 from d3po.sample_checkpoints import write_samples
 from d3po.train import Trainer, train
 
@@ -38,7 +38,7 @@ def judged_set(tmp_path):
                 "annotator": "ann",
                 "time": "2026-11-28T12:00:00",
             }
-            append_judgement(judgements, judgement)
+            append_judgements(judgements, [judgement])
     return samples, judgements
 
 
@@ -188,16 +188,18 @@ def test_judging_progress_counts_prompts_with_enough_annotators(judged_set, tmp_
     samples, judgements = judged_set  # "ann" judged both prompts
     assert judging_progress(samples, judgements, 1) == (0, 2)
     assert judging_progress(samples, judgements, 2) == (2, 2)
-    append_judgement(
+    append_judgements(
         judgements,
-        {
-            "prompt": "a red circle",
-            "a": "0000_00",
-            "b": "0000_01",
-            "winner": "a",
-            "annotator": "bob",
-            "time": "2026-11-28T13:00:00",
-        },
+        [
+            {
+                "prompt": "a red circle",
+                "a": "0000_00",
+                "b": "0000_01",
+                "winner": "a",
+                "annotator": "bob",
+                "time": "2026-11-28T13:00:00",
+            }
+        ],
     )
     assert judging_progress(samples, judgements, 2) == (1, 2)
     assert judging_progress(samples, tmp_path / "nobody.jsonl", 1) == (2, 2)

@@ -116,14 +116,14 @@ def test_majority_vote_and_ties(tmp_path: Path) -> None:
     assert [tuple(row) for row in pairs] == [(1, 0), (3, 0)]
 
 
-def test_append_judgement_appends_and_validates(tmp_path: Path) -> None:
+def test_append_judgements_appends_and_validates(tmp_path: Path) -> None:
     path = tmp_path / "labels.jsonl"
     path.write_text(json.dumps(_judgement("x", "y", "a")))  # last line without newline
-    preferences.append_judgement(path, _judgement("y", "z", "b"))
-    preferences.append_judgement(path, _judgement("x", "z", "tie"))
+    preferences.append_judgements(path, [_judgement("y", "z", "b")])
+    preferences.append_judgements(path, [_judgement("x", "z", "tie")])
     table = preferences.read_judgements(path)
     assert list(table["winner"]) == ["a", "b", "tie"]
     before = path.read_text()
     with pytest.raises(ValueError, match="field 'winner'"):
-        preferences.append_judgement(path, _judgement("x", "z", "left"))
+        preferences.append_judgements(path, [_judgement("x", "z", "left")])
     assert path.read_text() == before

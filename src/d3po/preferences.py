@@ -443,11 +443,6 @@ def append_judgements(path: Path, judgements: list[dict[str, Any]]) -> None:
         record.close()
 
 
-def append_judgement(path: Path, judgement: dict[str, Any]) -> None:
-    """Validate ``judgement`` and append it as one line to ``path``."""
-    append_judgements(path, [judgement])
-
-
 class JudgementRecord:
     """A judgement record open for appending: each line on disk (fsync) before it is confirmed.
 
