@@ -4,7 +4,6 @@ then every declared output is checked to exist and to be well formed."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -58,17 +57,22 @@ JUDGEMENTS = "".join(
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory) -> Path:
-    """Run the workflow once for all the tests of this module; return its results/ folder."""
+    """Run the workflow once for all the tests of this module; return its results folder.
+
+    The results folder and the judgements file have spaces in their names: every path in a
+    job's command line is quoted."""
     workdir = copy_workflow(tmp_path_factory.mktemp("workflow"))
-    shutil.copy(TINY, workdir / "tiny.yaml")
-    (workdir / "labels.jsonl").write_text(JUDGEMENTS)
+    config = yaml.safe_load(TINY.read_text()) | {"results_dir": "my results"}
+    config["experiments"]["judged"]["judgements"]["file"] = "my labels.jsonl"
+    (workdir / "tiny.yaml").write_text(yaml.safe_dump(config))
+    (workdir / "my labels.jsonl").write_text(JUDGEMENTS)
     command = run_workflow(workdir, "tiny.yaml", timeout=1800)
     summary = subprocess.run(
         [*command, "--summary"], cwd=workdir, env=workflow_env(), capture_output=True, text=True
     )
     assert summary.returncode == 0, summary.stderr
     assert "missing" not in summary.stdout, summary.stdout
-    return workdir / "results"
+    return workdir / "my results"
 
 
 def sample_dirs(results: Path) -> list[Path]:
@@ -175,7 +179,7 @@ def test_the_report_shows_the_results_table_and_what_the_run_was(results: Path):
     workdir = results.parent
     command = [sys.executable, "-m", "snakemake", "--configfile", "tiny.yaml"]
     report = subprocess.run(
-        [*command, "--replace-workflow-config", "--report", "results/report.html"],
+        [*command, "--replace-workflow-config", "--report", str(results / "report.html")],
         cwd=workdir,
         env=workflow_env(),
         capture_output=True,

@@ -40,7 +40,7 @@ rule brightness:
     resources:
         **job_resources("evaluate"),
     shell:
-        "python my_rules/brightness.py {input.samples} {output}"
+        "python my_rules/brightness.py {input.samples:q} {output:q}"
 """
 
 BRIGHTNESS_SCRIPT = """

@@ -32,7 +32,7 @@ def run_workflow(workdir: Path, config_file: str, timeout: int = 2400) -> list[s
     )
     if result.returncode != 0:
         logs = "\n".join(
-            f"--- {log}\n{log.read_text()[-3000:]}" for log in workdir.glob("results/logs/**/*.log")
+            f"--- {log}\n{log.read_text()[-3000:]}" for log in workdir.glob("*/logs/**/*.log")
         )
         pytest.fail(f"snakemake failed:\n{result.stdout}\n{result.stderr[-6000:]}\n{logs}")
     return command

@@ -11,6 +11,7 @@ since the names of rule-based proxies come from those rules.
 import json
 import os
 import re
+import shlex
 import shutil
 from pathlib import Path
 
@@ -601,11 +602,11 @@ def checkpoint_arguments(experiment):
     """`d3po sample --checkpoint ADAPTER=DIR ...`: each saved adapter and its sample set."""
 
     def arguments(wildcards, output):
-        return " ".join(
+        return [
             f"{checkpoint_adapter(experiment, wildcards.method, wildcards.seed, name.removeprefix('epoch'))}"
             f"={output[name]}"
             for name in output.keys()
-        )
+        ]
 
     return arguments
 
@@ -692,10 +693,10 @@ def training_metrics(wildcards):
 
 
 def labelled(paths):
-    """A params function: 'METHOD=PATH ...' for the per-method inputs named by ``paths``."""
-    return lambda wildcards, input: " ".join(
+    """A params function: [METHOD=PATH, ...] for the per-method inputs named by ``paths``."""
+    return lambda wildcards, input: [
         f"{method}={input[method]}" for method in paths(wildcards)
-    )
+    ]
 
 
 def headline_objectives():
@@ -852,13 +853,13 @@ def round_start(wildcards):
 
 
 def round_start_argument(option):
-    """A params function: ``option ADAPTER`` for rounds after the first, else nothing."""
+    """A params function: [option, ADAPTER] for rounds after the first, else []."""
 
     def argument(wildcards, input):
         if "previous" not in input.keys():
-            return ""
+            return []
         epochs = experiment_training(wildcards.experiment)["epochs"]
-        return f"{option} {input.previous}/epoch_{epochs:04d}"
+        return [option, f"{input.previous}/epoch_{epochs:04d}"]
 
     return argument
 
@@ -876,10 +877,11 @@ def judging_sample_settings(wildcards):
 def label_command(experiment, number):
     """The `d3po label` command people run to judge round ``number``'s set."""
     judgements = config["experiments"][experiment]["judgements"]
+    samples = shlex.quote(round_set(experiment, number))
     return (
-        f"d3po label {round_set(experiment, number)} --judgements "
-        f"{people_judgements_file(experiment, number)} --protocol {judgements['protocol']} "
-        f"--annotators-per-prompt {judgements['annotators_per_prompt']}"
+        f"d3po label {samples} --judgements "
+        f"{shlex.quote(people_judgements_file(experiment, number))} --protocol "
+        f"{judgements['protocol']} --annotators-per-prompt {judgements['annotators_per_prompt']}"
     )
 
 
@@ -905,7 +907,7 @@ def complete_people_judgements(experiment, number):
             return path
         raise WorkflowError(
             f"experiments.{experiment}: round {number} is not judged yet: sample its set with "
-            f"`snakemake {samples}`, then judge it with `{command}`"
+            f"`snakemake {shlex.quote(samples)}`, then judge it with `{command}`"
         )
     from d3po.feedback import judging_progress
 
@@ -939,15 +941,14 @@ def round_feedback(wildcards):
 
 def feedback_arguments(wildcards, input):
     """`d3po train` arguments of a round: the set, its judgements or scores, the start."""
-    arguments = [f"--samples {input.samples}"]
+    arguments = ["--samples", input.samples]
     if "judgements" in input.keys():
-        arguments.append(f"--judgements {input.judgements}")
+        arguments += ["--judgements", input.judgements]
     else:
         proxies = round_proxies(wildcards.experiment)
         arguments.append("--scores")
         arguments.extend(f"{proxy}={input[f'score_{proxy}']}" for proxy in proxies)
-    arguments.append(round_start_argument("--init-adapter")(wildcards, input))
-    return " ".join(arguments)
+    return arguments + round_start_argument("--init-adapter")(wildcards, input)
 
 
 # ------------------------------------------------------------------------- wildcards

@@ -22,4 +22,4 @@ rule collect_evaluation:
         options=as_json(proxy_options),
     shell:
         "d3po collect --runs {params.runs:q} --options {params.options:q}"
-        " --out {output.csv} > {log:q} 2>&1"
+        " --out {output.csv:q} > {log:q} 2>&1"

@@ -28,8 +28,8 @@ rule plot_curves:
         metrics=labelled(training_metrics),
         objective=lambda wildcards: headline_objectives()[wildcards.experiment],
     shell:
-        "d3po plot-curves --evaluation {input.evaluation} --metrics {params.metrics}"
-        " --objective {params.objective} --out {output.png} > {log:q} 2>&1"
+        "d3po plot-curves --evaluation {input.evaluation:q} --metrics {params.metrics:q}"
+        " --objective {params.objective:q} --out {output.png:q} > {log:q} 2>&1"
 
 
 rule plot_samples:
@@ -52,8 +52,8 @@ rule plot_samples:
     params:
         after=labelled(final_samples),
     shell:
-        "d3po plot-samples --before {input.before} --after {params.after}"
-        " --out {output.png} > {log:q} 2>&1"
+        "d3po plot-samples --before {input.before:q} --after {params.after:q}"
+        " --out {output.png:q} > {log:q} 2>&1"
 
 
 rule results_table:
@@ -81,6 +81,6 @@ rule results_table:
         paper=json.dumps(config["paper"], separators=(",", ":")),
         objectives=json.dumps(headline_objectives(), separators=(",", ":")),
     shell:
-        "d3po table --evaluation {input.evaluations} --out-csv {output.csv}"
-        " --out-md {output.md} --out-html {output.html} --paper {params.paper:q}"
+        "d3po table --evaluation {input.evaluations:q} --out-csv {output.csv:q}"
+        " --out-md {output.md:q} --out-html {output.html:q} --paper {params.paper:q}"
         " --objectives {params.objectives:q} > {log:q} 2>&1"

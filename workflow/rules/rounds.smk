@@ -32,8 +32,8 @@ rule sample_round:
         settings=as_json(judging_sample_settings),
         adapter=round_start_argument("--adapter"),
     shell:
-        "d3po sample --settings {params.settings:q} --out {output.dir} --trajectories"
-        " {params.adapter} > {log:q} 2>&1"
+        "d3po sample --settings {params.settings:q} --out {output.dir:q} --trajectories"
+        " {params.adapter:q} > {log:q} 2>&1"
 
 
 rule simulate_judgements:
@@ -57,8 +57,8 @@ rule simulate_judgements:
         ]["protocol"],
     # through the labelling app's HTTP interface, as a person would judge the set
     shell:
-        "d3po annotate --samples {input.samples} --criterion {params.criterion}"
-        " --out {output} --via-http --protocol {params.protocol} > {log:q} 2>&1"
+        "d3po annotate --samples {input.samples:q} --criterion {params.criterion:q}"
+        " --out {output:q} --via-http --protocol {params.protocol:q} > {log:q} 2>&1"
 
 
 rule train_round:
@@ -89,4 +89,4 @@ rule train_round:
         state_dir=lambda wildcards: f"{RESULTS}/state/{wildcards.experiment}/{wildcards.method}/seed{wildcards.seed}/round{wildcards.round}",
     shell:
         "{params.launcher} train --settings {params.settings:q} --run-dir {params.run_dir:q}"
-        " --state-dir {params.state_dir:q} {params.feedback} > {log:q} 2>&1"
+        " --state-dir {params.state_dir:q} {params.feedback:q} > {log:q} 2>&1"

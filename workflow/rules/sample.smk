@@ -16,7 +16,7 @@ rule sample_baseline:
     params:
         settings=as_json(sample_settings),
     shell:
-        "d3po sample --settings {params.settings:q} --out {output.dir} > {log:q} 2>&1"
+        "d3po sample --settings {params.settings:q} --out {output.dir:q} > {log:q} 2>&1"
 
 
 # All checkpoints of one training run in one job (one model load, one GPU allocation), written
@@ -44,5 +44,5 @@ for experiment in config["experiments"]:
             settings=as_json(sample_settings),
             checkpoints=checkpoint_arguments(experiment),
         shell:
-            "d3po sample --settings {params.settings:q} --checkpoint {params.checkpoints}"
+            "d3po sample --settings {params.settings:q} --checkpoint {params.checkpoints:q}"
             " > {log:q} 2>&1"

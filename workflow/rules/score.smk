@@ -33,13 +33,13 @@ if evaluated_registered_proxies():
             # one per score job: the profile allows one at a time inside a bundle
             bundle_slot=1,
         params:
-            tables=lambda wildcards, output: " ".join(
+            tables=lambda wildcards, output: [
                 f"{proxy}={csv}"
                 for proxy, csv in zip(evaluated_registered_proxies(), output.csvs)
-            ),
+            ],
             options=as_json(proxy_options),
         shell:
-            "d3po score --samples {input.samples} --proxy {params.tables}"
+            "d3po score --samples {input.samples:q} --proxy {params.tables:q}"
             " --options {params.options:q} > {log:q} 2>&1"
 
 
@@ -66,5 +66,5 @@ rule score_proxy:
     params:
         options=as_json(proxy_options),
     shell:
-        "d3po score --samples {input.samples} --proxy {wildcards.proxy}={output.csv}"
+        "d3po score --samples {input.samples:q} --proxy {wildcards.proxy}={output.csv:q}"
         " --options {params.options:q} > {log:q} 2>&1"
