@@ -70,3 +70,17 @@ def test_two_processes_train_like_one(tmp_path, method):
         torch.testing.assert_close(rank0[name], weight, rtol=0, atol=1e-3 * scale + 1e-9)
         moved = moved or "lora_B" in name and weight.abs().max() > 0
     assert moved, "the adapter did not train"
+    # the logged loss and diagnostics are means over every process's items (no padding here)
+    two, two_rank1, one = (
+        json.loads((tmp_path / run / f"rank{rank}.json").read_text())
+        for run, rank in (("two", 0), ("two", 1), ("one", 0))
+    )
+    # accuracy and clip_fraction count logits > 0 and ratios outside the clip: at the start the
+    # policy equals the reference, where rounding of other batch shapes flips such counts
+    thresholded = ("epoch", "accuracy", "clip_fraction")
+    logged = [key for key in one[0] if key not in thresholded and not key.endswith("seconds")]
+    assert {"loss", "grad_norm", "reward_mean"} <= set(logged)
+    for row_two, row_rank1, row_one in zip(two, two_rank1, one, strict=True):
+        for key in logged:
+            assert row_two[key] == row_rank1[key], f"ranks log different {key}"
+            assert row_two[key] == pytest.approx(row_one[key], rel=1e-3, abs=1e-4), key

@@ -283,6 +283,10 @@ class Trainer:
         with self.phase("update"):
             for micro_batches, step_size in steps:
                 self.optimizer_step(micro_batches, step_size, policy, totals)
+        if self.accelerator.num_processes > 1:  # each process summed its own share of items
+            device = self.accelerator.device
+            sums = torch.tensor(list(totals.values()), dtype=torch.float64, device=device)
+            totals = dict(zip(totals, self.accelerator.reduce(sums, "sum").tolist(), strict=True))
         return _averages(totals)
 
     def optimizer_step(
@@ -300,7 +304,10 @@ class Trainer:
                 loss, diagnostics = self.method.loss(micro, policy)
                 weighted = (loss * micro["weight"].to(loss.device)).sum()
                 self.accelerator.backward(weighted * world / step_size)
-            _accumulate(totals, {"loss": loss.detach().mean(), **diagnostics}, len(micro))
+            # logged means leave the padding out (but for the diagnostics of a padded batch)
+            real = float(micro["weight"].sum())
+            mean_loss = weighted.detach() / real if real else 0.0
+            _accumulate(totals, {"loss": mean_loss, **diagnostics}, real)
         grad_norm = self.accelerator.clip_grad_norm_(self.parameters, self.training.max_grad_norm)
         _accumulate(totals, {"grad_norm": grad_norm}, 1)
         self.optimizer.step()
@@ -413,7 +420,7 @@ def _derive_seed(*parts: int) -> int:
     return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
 
 
-def _accumulate(totals: dict[str, float], values: dict, weight: int) -> None:
+def _accumulate(totals: dict[str, float], values: dict, weight: float) -> None:
     for key, value in values.items():
         totals[key] = totals.get(key, 0.0) + float(value) * weight
         totals[f"_n_{key}"] = totals.get(f"_n_{key}", 0.0) + weight

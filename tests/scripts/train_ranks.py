@@ -1,11 +1,13 @@
-"""Train a few epochs in each process of a (torchrun) launch and save each rank's adapter.
+"""Train a few epochs in each process of a (torchrun) launch; save each rank's adapter and
+metrics rows (rankR.pt, rankR.json).
 
     torchrun --nproc_per_node 2 tests/scripts/train_ranks.py SETTINGS.json OUT_DIR
 
 Used by tests/test_distributed.py: with gloo on CPUs, the ranks must end with identical
-adapters, equal to a single process trained on the same data.
+adapters and logged metrics, equal to a single process trained on the same data.
 """
 
+import json
 import sys
 from pathlib import Path
 
@@ -20,7 +22,8 @@ torch.set_num_threads(1)
 trainer = Trainer(settings)
 # Plain SGD: unlike Adam, it shows a wrongly scaled gradient (e.g. a missing world-size factor)
 trainer.optimizer = trainer.accelerator.prepare(torch.optim.SGD(trainer.parameters, lr=0.5))
-for _ in range(settings.training.epochs):
-    trainer.run_epoch()
+rows = [trainer.run_epoch() for _ in range(settings.training.epochs)]
 weights = {n: p.detach().cpu() for n, p in trainer.pipe.unet.named_parameters() if "lora" in n}
-torch.save(weights, out / f"rank{trainer.accelerator.process_index}.pt")
+rank = trainer.accelerator.process_index
+torch.save(weights, out / f"rank{rank}.pt")
+(out / f"rank{rank}.json").write_text(json.dumps(rows))
