@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import threading
@@ -12,6 +13,7 @@ import httpx
 import numpy as np
 import pytest
 
+from d3po import preferences
 from d3po.labelling.app import create_app
 from d3po.labelling.assign import prompts_left
 from d3po.labelling.benchmark import judge_all, write_world_set
@@ -91,6 +93,27 @@ def test_undo_and_resume_after_a_restart(small_set, tmp_path):
     table = read_judgements(record)
     assert list(table["kind"]) == ["best", "best", "undo", "skip"]
     assert list(live_judgements(table)["kind"]) == ["best", "skip"]
+
+
+def test_a_record_that_cannot_be_written_is_a_503_in_words(small_set, tmp_path, monkeypatch):
+    def io_error(fd):
+        raise OSError(errno.EIO, "Input/output error")
+
+    record = tmp_path / "labels.jsonl"
+    with running(create_app(small_set, record, "best")) as url, httpx.Client(base_url=url) as c:
+        view = choose_first(c, next_view(c, "ana"))
+        monkeypatch.setattr(preferences.os, "fsync", io_error)
+        body = {"annotator": "ana", "task": view["task"]["key"]}
+        response = c.post("/api/decide", json=body | {"best": view["task"]["images"][0]["id"]})
+        assert response.status_code == 503
+        assert response.json()["detail"] == "not saved: [Errno 5] Input/output error"
+        monkeypatch.undo()
+        task = next_view(c, "ana")["task"]
+        response = c.post("/api/skip", json={"annotator": "ana", "task": task["key"]})
+        assert response.status_code == 503 and "restart the labelling app" in response.text
+    with running(create_app(small_set, record, "best")) as url, httpx.Client(base_url=url) as c:
+        choose_first(c, next_view(c, "ana"))  # a restarted app goes on from the file
+    assert list(read_judgements(record)["kind"])[0] == "best"
 
 
 def test_the_score_and_pairwise_protocols_write_their_lines(small_set, tmp_path):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -209,3 +211,35 @@ def test_appending_is_refused_while_an_app_writes_the_record(tmp_path):
         preferences.append_judgements(path, [pair("r0", "r2", "b")])
     record.close()
     assert path.read_bytes() == before
+
+
+def test_a_failed_write_leaves_no_bytes_and_a_failed_sync_stops_the_writer(tmp_path, monkeypatch):
+    path = write(tmp_path, [pair("r0", "r1", "a")])
+    before = path.read_bytes()
+    record = preferences.JudgementRecord(path)
+
+    def disk_full_halfway(data):
+        os.write(record._fd, bytes(data[: len(data) // 2]))
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(record, "_write_all", disk_full_halfway)
+    with pytest.raises(OSError, match="No space left"):
+        record.append(pair("r0", "r2", "b"))
+    assert path.read_bytes() == before  # the half line was cut off again
+    monkeypatch.undo()
+    record.append(pair("r0", "r2", "b"))  # space again: the writer goes on
+
+    def io_error(fd):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(preferences.os, "fsync", io_error)
+    with pytest.raises(OSError, match="Input/output error"):
+        record.append(pair("r1", "r2", "tie"))
+    monkeypatch.undo()
+    with pytest.raises(OSError, match="an earlier write failed .* restart the labelling app"):
+        record.append(pair("r1", "r2", "a"))  # what reached the disk is unknown: no more
+    record.close()
+    reopened = preferences.JudgementRecord(path)  # goes on from the file as it is
+    reopened.append(pair("r1", "r2", "a"))
+    reopened.close()
+    assert list(preferences.read_judgements(path)["winner"])[:2] == ["a", "b"]

@@ -452,6 +452,11 @@ class JudgementRecord:
     several threads are written in order under a lock; the fsync that makes them durable is
     shared (group commit): a thread waiting for its line either finds it already synced by
     another thread's fsync or runs one that covers every line written so far.
+
+    A write that fails (a full disk, a quota) is cut off the file again, so that no part of
+    it joins the next line. After a failed fsync, or a cut that failed, what is on disk is
+    unknown: every later write is refused (an OSError saying so) until the record is opened
+    again, which reads the file as it is.
     """
 
     def __init__(self, path: Path) -> None:
@@ -459,11 +464,13 @@ class JudgementRecord:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._write_lock, self._sync_lock = threading.Lock(), threading.Lock()
         self._written = self._synced = 0  # lines written to the OS / known to be on disk
-        self._handle = self.path.open("ab")
+        self._failure: OSError | None = None  # what left the file in an unknown state
+        # unbuffered: a failed write leaves no bytes behind in a buffer to reach the file later
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(self._handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            self._handle.close()
+            os.close(self._fd)
             raise InputFileError(
                 f"{self.path}: another labelling app is writing this record"
             ) from None
@@ -480,27 +487,53 @@ class JudgementRecord:
             json.loads(tail.decode("utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError):
             logger.warning("%s: removing a cut-off last line: %r", self.path.name, tail)
-            os.ftruncate(self._handle.fileno(), self._handle.tell() - len(tail))
-            os.fsync(self._handle.fileno())
+            os.ftruncate(self._fd, os.lseek(self._fd, 0, os.SEEK_END) - len(tail))
+            os.fsync(self._fd)
             return
         self.wait_durable(self.write_line(b"\n"))
 
     def write_line(self, data: bytes) -> int:
         """Hand ``data`` to the OS, in order; returns the ticket ``wait_durable`` takes."""
         with self._write_lock:
-            self._handle.write(data)
-            self._handle.flush()
+            self._refuse_if_failed()
+            end = os.lseek(self._fd, 0, os.SEEK_END)
+            try:
+                self._write_all(data)
+            except OSError as error:
+                try:
+                    os.ftruncate(self._fd, end)
+                except OSError:
+                    self._failure = error
+                raise
             self._written += 1
             return self._written
+
+    def _write_all(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view) :]
 
     def wait_durable(self, ticket: int) -> None:
         """Return once the line of ``ticket`` (and every earlier one) is on disk."""
         with self._sync_lock:
             if self._synced >= ticket:
                 return  # another thread's fsync covered it
+            self._refuse_if_failed()
             covered = self._written  # every line up to here has reached the OS
-            os.fsync(self._handle.fileno())
+            try:
+                os.fsync(self._fd)
+            except OSError as error:
+                self._failure = error
+                raise
             self._synced = covered
+
+    def _refuse_if_failed(self) -> None:
+        if self._failure is not None:
+            raise OSError(
+                self._failure.errno,
+                f"{self.path}: an earlier write failed ({self._failure.strerror}), so what is "
+                "on disk is unknown; restart the labelling app to go on from the file",
+            )
 
     def write(self, judgement: dict[str, Any]) -> int:
         """Validate and write one line (not yet synced); returns its ticket."""
@@ -513,4 +546,4 @@ class JudgementRecord:
 
     def close(self) -> None:
         with self._write_lock, self._sync_lock:
-            self._handle.close()  # also releases the flock
+            os.close(self._fd)  # also releases the flock

@@ -15,7 +15,8 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
+from contextlib import asynccontextmanager, contextmanager
 from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
@@ -152,11 +153,12 @@ class Labeller:
 
     def _saved(self, annotator: str, key: str, fields_of) -> dict[str, Any]:
         """Append the decision on ``key``; reply only once its line is on disk."""
-        with self.lock:
+        with _unsaved_is_503(), self.lock:
             task = self._assigned(annotator, key)
             decision, ticket = self._append(annotator, task, fields_of(task))
             reply = {"saved": decision, **self._view(annotator)}
-        self.record.wait_durable(ticket)  # outside the lock: one fsync serves many requests
+        with _unsaved_is_503():
+            self.record.wait_durable(ticket)  # outside the lock: one fsync serves many requests
         return reply
 
     def decide(self, decision: Decision) -> dict[str, Any]:
@@ -172,7 +174,7 @@ class Labeller:
         )
 
     def undo(self, annotator: str) -> dict[str, Any]:
-        with self.lock:
+        with _unsaved_is_503(), self.lock:
             history = self.assignments.history.get(annotator)
             if not history:
                 raise HTTPException(409, f"{annotator!r} has no decision to undo")
@@ -182,8 +184,19 @@ class Labeller:
             self.assignments.undo(annotator)
             self.assignments.hold(annotator, task, time.monotonic())
             reply = {"undone": decision, **self._view(annotator)}
-        self.record.wait_durable(ticket)
+        with _unsaved_is_503():
+            self.record.wait_durable(ticket)
         return reply
+
+
+@contextmanager
+def _unsaved_is_503() -> Iterator[None]:
+    """A record that cannot be written (disk full, I/O error) is the server's trouble, said to
+    the page in words (JudgementRecord refuses every write after one whose outcome is unknown)."""
+    try:
+        yield
+    except OSError as error:
+        raise HTTPException(503, f"not saved: {error}") from None
 
 
 def _static() -> Path:
