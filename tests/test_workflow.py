@@ -349,7 +349,7 @@ def test_a_smoke_block_that_sets_one_field_keeps_the_gpu(workdir: Path):
 def test_a_proxy_rule_asks_the_evaluate_amounts_and_joins_the_score_bundles(workdir: Path):
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     config["proxy_rules"] = ["workflow/proxies/clip_score.smk"]
-    config["evaluation"]["proxies"] = ["toy_safe", "clip_score"]
+    config["evaluation"]["proxies"] = ["jpeg_compressibility", "toy_safe", "clip_score"]
     (workdir / "clip.yaml").write_text(yaml.safe_dump(config))
     result = snakemake(
         workdir, "--profile", "profiles/slurm", "--dry-run", "--configfile", "clip.yaml"
@@ -837,7 +837,7 @@ def checkpoint_sample_sets(config: dict) -> int:
 def test_users_proxy_rules_score_every_set_and_all_stays_the_default_target(workdir):
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     config["proxy_rules"] = ["workflow/proxies/clip_score.smk"]
-    config["evaluation"]["proxies"] = ["toy_safe", "clip_score"]
+    config["evaluation"]["proxies"] = ["jpeg_compressibility", "toy_safe", "clip_score"]
     config["experiments"]["safety_judged"]["judgements"]["proxy"] = "clip_score"
     del config["experiments"]["safety_judged"]["judgements"]["simulate"]
     (workdir / "clip.yaml").write_text(yaml.safe_dump(config))

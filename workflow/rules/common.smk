@@ -180,13 +180,13 @@ def check_config(config):
     for name, experiment in config["experiments"].items():
         check_prompt_list(f"experiments.{name}.prompts", experiment["prompts"])
         check_proxies(f"experiments.{name}.objectives", experiment["objectives"])
-        check_objectives_evaluated(name, experiment)
         check_methods(name, experiment)
         check_experiment_method_options(name, experiment)
         if experiment.get("judgements"):
             check_judged_experiment(name, experiment)
         else:
             check_online_objectives(name, experiment)
+        check_objectives_evaluated(name, experiment)
     # without the package here (a warning said so), the checks below cannot run
     if REGISTERED_PROXIES is None:
         return
