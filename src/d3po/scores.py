@@ -80,8 +80,11 @@ def check_run_scores(run: dict[str, Any]) -> None:
     ``run["scores"]`` are the workflow's ``.../NAME.csv`` tables (the file name is the proxy)
     and ``run["samples"]``, when given, the sample set they score.
     """
-    if not isinstance(run, dict) or not isinstance(run.get("scores"), list):
-        raise InputFileError(f"a run description is an object with a list 'scores', got {run!r}")
+    paths = run.get("scores") if isinstance(run, dict) else None
+    if not isinstance(paths, list) or not all(isinstance(path, str) for path in paths):
+        raise InputFileError(f"a run description has a list of paths 'scores', got {run!r}")
+    if not isinstance(run.get("samples", ""), str):
+        raise InputFileError(f"a run description's 'samples' is a folder, got {run['samples']!r}")
     ids = None
     if run.get("samples"):
         from d3po.sample_sets import read_manifest
