@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from d3po import preferences
-from d3po.labelling.app import create_app
+from d3po.labelling.app import UNCONFIRMED, create_app
 from d3po.labelling.assign import prompts_left
 from d3po.labelling.benchmark import judge_all, write_world_set
 from d3po.labelling.guard import MAX_BODY_BYTES
@@ -106,7 +106,7 @@ def test_a_record_that_cannot_be_written_is_a_503_in_words(small_set, tmp_path, 
         body = {"annotator": "ana", "task": view["task"]["key"]}
         response = c.post("/api/decide", json=body | {"best": view["task"]["images"][0]["id"]})
         assert response.status_code == 503
-        assert response.json()["detail"] == "not saved: [Errno 5] Input/output error"
+        assert response.json()["detail"] == f"{UNCONFIRMED}: [Errno 5] Input/output error"
         monkeypatch.undo()
         task = next_view(c, "ana")["task"]
         response = c.post("/api/skip", json={"annotator": "ana", "task": task["key"]})

@@ -243,3 +243,22 @@ def test_a_failed_write_leaves_no_bytes_and_a_failed_sync_stops_the_writer(tmp_p
     reopened.append(pair("r1", "r2", "a"))
     reopened.close()
     assert list(preferences.read_judgements(path)["winner"])[:2] == ["a", "b"]
+
+
+def test_a_writer_that_fails_to_open_or_is_closed_twice_holds_nothing(tmp_path, monkeypatch):
+    path = write(tmp_path, [pair("r0", "r1", "a")])
+
+    def disk_full(self):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(preferences.JudgementRecord, "_end_last_line", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        preferences.JudgementRecord(path)
+    monkeypatch.undo()
+    record = preferences.JudgementRecord(path)  # the failed opening left no lock behind
+    record.close()
+    other = tmp_path / "other.txt"
+    with other.open("w") as handle:  # may reuse the closed record's file descriptor
+        record.close()
+        handle.write("still open")
+    assert other.read_text() == "still open"

@@ -468,13 +468,16 @@ class JudgementRecord:
         # unbuffered: a failed write leaves no bytes behind in a buffer to reach the file later
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self._fd)
-            raise InputFileError(
-                f"{self.path}: another labelling app is writing this record"
-            ) from None
-        self._end_last_line()
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise InputFileError(
+                    f"{self.path}: another labelling app is writing this record"
+                ) from None
+            self._end_last_line()
+        except BaseException:
+            os.close(self._fd)  # and the lock with it
+            raise
 
     def _end_last_line(self) -> None:
         """A last line without its newline gets one if it is whole; cut off by a crash (not
@@ -546,4 +549,6 @@ class JudgementRecord:
 
     def close(self) -> None:
         with self._write_lock, self._sync_lock:
-            os.close(self._fd)  # also releases the flock
+            if self._fd >= 0:  # once: the number may name another file afterwards
+                os.close(self._fd)  # also releases the flock
+                self._fd = -1

@@ -153,11 +153,11 @@ class Labeller:
 
     def _saved(self, annotator: str, key: str, fields_of) -> dict[str, Any]:
         """Append the decision on ``key``; reply only once its line is on disk."""
-        with _unsaved_is_503(), self.lock:
+        with _record_trouble_is_503("not saved"), self.lock:
             task = self._assigned(annotator, key)
             decision, ticket = self._append(annotator, task, fields_of(task))
             reply = {"saved": decision, **self._view(annotator)}
-        with _unsaved_is_503():
+        with _record_trouble_is_503(UNCONFIRMED):
             self.record.wait_durable(ticket)  # outside the lock: one fsync serves many requests
         return reply
 
@@ -174,7 +174,7 @@ class Labeller:
         )
 
     def undo(self, annotator: str) -> dict[str, Any]:
-        with _unsaved_is_503(), self.lock:
+        with _record_trouble_is_503("not saved"), self.lock:
             history = self.assignments.history.get(annotator)
             if not history:
                 raise HTTPException(409, f"{annotator!r} has no decision to undo")
@@ -184,19 +184,22 @@ class Labeller:
             self.assignments.undo(annotator)
             self.assignments.hold(annotator, task, time.monotonic())
             reply = {"undone": decision, **self._view(annotator)}
-        with _unsaved_is_503():
+        with _record_trouble_is_503(UNCONFIRMED):
             self.record.wait_durable(ticket)
         return reply
 
 
+UNCONFIRMED = "not confirmed, it may or may not be in the file (restart the app to know)"
+
+
 @contextmanager
-def _unsaved_is_503() -> Iterator[None]:
+def _record_trouble_is_503(outcome: str) -> Iterator[None]:
     """A record that cannot be written (disk full, I/O error) is the server's trouble, said to
     the page in words (JudgementRecord refuses every write after one whose outcome is unknown)."""
     try:
         yield
     except OSError as error:
-        raise HTTPException(503, f"not saved: {error}") from None
+        raise HTTPException(503, f"{outcome}: {error}") from None
 
 
 def _static() -> Path:
