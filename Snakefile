@@ -14,7 +14,12 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+# The default config, only when no config file is given: Snakemake (9.27) does not pass
+# --replace-workflow-config on to the jobs it submits to a cluster, which would read
+# config/config.yaml extended by the user's file (its experiments and settings leaking in).
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
 
 
 # the report's landing page: what this run was (rendered from the config)

@@ -346,6 +346,17 @@ def test_a_smoke_block_that_sets_one_field_keeps_the_gpu(workdir: Path):
     assert (resources["gpu"], resources["runtime"], resources["mem_mb"]) == ("1", "20", "8000")
 
 
+def test_a_config_file_replaces_the_default_config_without_the_flag_too(workdir: Path):
+    """The jobs Snakemake submits to a cluster get --configfiles but not
+    --replace-workflow-config: they must still see the user's config alone."""
+    shutil.copy(REPO / "tests" / "config" / "tiny.yaml", workdir / "tiny.yaml")
+    (workdir / "labels.jsonl").write_text("")  # its judged round's file, judged elsewhere
+    result = snakemake(workdir, "--dry-run", "--cores", "1", "--configfile", "tiny.yaml")
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "safety" not in output and "judged" in output  # config.yaml's, tiny.yaml's
+
+
 def test_a_proxy_rule_asks_the_evaluate_amounts_and_joins_the_score_bundles(workdir: Path):
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     config["proxy_rules"] = ["workflow/proxies/clip_score.smk"]
