@@ -315,19 +315,14 @@ def concatenate(parts: list[Trajectories]) -> Trajectories:
         groups=torch.cat(
             [part.groups + offset for part, offset in zip(parts, offsets, strict=True)]
         ),
+        seeds=joined("seeds"),
+        latents=joined("latents"),
         timesteps=parts[0].timesteps,
+        log_probs=joined("log_probs"),
+        prompt_embeds=joined("prompt_embeds"),
         negative_embeds=parts[0].negative_embeds,
-        **{
-            name: joined(name)
-            for name in (
-                "seeds",
-                "latents",
-                "log_probs",
-                "prompt_embeds",
-                "images",
-                "reference_log_probs",
-            )
-        },
+        images=joined("images"),
+        reference_log_probs=joined("reference_log_probs"),
     )
 
 
