@@ -66,7 +66,6 @@ class Trainer:
     def __init__(
         self,
         settings: TrainSettings,
-        accelerator: Accelerator | None = None,
         labelled: LabelledSamples | None = None,
         init_adapter: Path | None = None,
     ) -> None:
@@ -81,7 +80,7 @@ class Trainer:
         self.settings = settings
         self.labelled = labelled
         self.training = settings.training
-        self.accelerator = accelerator or make_accelerator(settings.training.mixed_precision)
+        self.accelerator = make_accelerator(settings.training.mixed_precision)
         self.pipe = load_pipeline(settings.model, self.accelerator.device)
         if settings.training.gradient_checkpointing:
             self.pipe.unet.enable_gradient_checkpointing()
