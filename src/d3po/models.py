@@ -98,9 +98,9 @@ def load_pipeline(spec: ModelSpec, device: torch.device | str = "cpu"):
     elif spec.source == "sd15-random":
         pipe = build_sd15_shaped_pipeline(seed=spec.seed)
     elif spec.source == "toy":
-        pipe = _load_diffusers_folder(TOY_MODEL_DIR, spec, rebuild_hint="d3po pretrain-toy")
+        pipe = _load_diffusers_folder(TOY_MODEL_DIR, rebuild_hint="d3po pretrain-toy")
     elif Path(spec.source).expanduser().exists():
-        pipe = _load_diffusers_folder(Path(spec.source).expanduser(), spec)
+        pipe = _load_diffusers_folder(Path(spec.source).expanduser())
     else:
         pipe = _load_from_hub(spec)
     # Sampling is always DDIM (the D3PO/DDPO policy is a stochastic DDIM step).
@@ -240,7 +240,7 @@ def check_safetensors(path: Path, hint: str = "") -> None:
         ) from error
 
 
-def _load_diffusers_folder(folder: Path, spec: ModelSpec, rebuild_hint: str | None = None):
+def _load_diffusers_folder(folder: Path, rebuild_hint: str | None = None):
     from diffusers import StableDiffusionPipeline
 
     hint = f" Rebuild it with `{rebuild_hint}`." if rebuild_hint else ""
