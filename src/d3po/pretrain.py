@@ -175,8 +175,7 @@ def evaluate(pipe, images_per_prompt: int = 8, seed: int = 10_000, guidance_scal
     spec = SamplerSpec(num_steps=20, eta=1.0, guidance_scale=guidance_scale, images_per_call=64)
     images = sample(pipe, prompts, 1, seeds, spec).images  # (N, 3, H, W) in [0, 1]
     verdicts = judge(images, prompts)
-    rates = {name: (float(flags.mean()), *mean_interval(flags)) for name, flags in verdicts.items()}
-    return rates, images, prompts
+    return {name: (float(flags.mean()), *mean_interval(flags)) for name, flags in verdicts.items()}
 
 
 def write_report(out_dir: Path | str, guidance_scale: float = 4.0) -> dict:
@@ -184,7 +183,7 @@ def write_report(out_dir: Path | str, guidance_scale: float = 4.0) -> dict:
     out_dir = Path(out_dir)
     log = json.loads((out_dir / "training_log.json").read_text())
     pipe = _load(out_dir)
-    scores, _, _ = evaluate(pipe, guidance_scale=guidance_scale)
+    scores = evaluate(pipe, guidance_scale=guidance_scale)
     lines = [
         "# The toy model",
         "",
