@@ -47,7 +47,6 @@ class PerPromptStatTracker:
     """Normalises rewards with the mean/std of the same prompt's recent rewards."""
 
     def __init__(self, buffer_size: int, min_count: int) -> None:
-        self.buffer_size = buffer_size
         self.min_count = min_count
         self.buffers: dict[str, deque[float]] = defaultdict(lambda: deque(maxlen=buffer_size))
 
