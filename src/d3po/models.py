@@ -107,8 +107,7 @@ def load_pipeline(spec: ModelSpec, device: torch.device | str = "cpu"):
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     for module in (pipe.unet, pipe.text_encoder, pipe.vae):
         if module is not None:
-            module.requires_grad_(False)
-            module.eval()
+            module.requires_grad_(False).eval()
     pipe.set_progress_bar_config(disable=True)
     dtype = torch_dtype(spec.dtype)
     if dtype != torch.float32 and torch.device(device).type == "cpu":
