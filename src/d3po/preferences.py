@@ -342,15 +342,12 @@ class DecidedPairs:
         return "; ".join(parts)
 
 
-class _Votes:
-    """Votes per unordered pair of images, in order of first appearance."""
+#: Votes per unordered pair of images, in order of first appearance: image id or "tie" -> count.
+_Votes = defaultdict[tuple[str, str], Counter[str]]
 
-    def __init__(self) -> None:
-        self.counts: dict[tuple[str, str], Counter[str]] = {}
 
-    def add(self, a: str, b: str, winner: str) -> None:
-        counter = self.counts.setdefault((min(a, b), max(a, b)), Counter())
-        counter[{"a": a, "b": b}.get(winner, "tie")] += 1
+def _vote(votes: _Votes, a: str, b: str, winner: str) -> None:
+    votes[min(a, b), max(a, b)][{"a": a, "b": b}.get(winner, "tie")] += 1
 
 
 def _score_votes(live: pd.DataFrame, votes: _Votes, dropped: Counter[str]) -> None:
@@ -369,7 +366,7 @@ def _score_votes(live: pd.DataFrame, votes: _Votes, dropped: Counter[str]) -> No
             if means[a] == means[b]:
                 dropped["equal mean scores"] += 1
             else:
-                votes.add(a, b, "a" if means[a] > means[b] else "b")
+                _vote(votes, a, b, "a" if means[a] > means[b] else "b")
 
 
 def decide_pairs(judgements: pd.DataFrame, ids: list[str]) -> DecidedPairs:
@@ -383,20 +380,20 @@ def decide_pairs(judgements: pd.DataFrame, ids: list[str]) -> DecidedPairs:
     index = {sample_id: position for position, sample_id in enumerate(ids)}
     live = live_judgements(judgements)
     dropped = Counter({"undone decisions": int(judgements["kind"].eq("undo").sum())})
-    votes = _Votes()
+    votes: _Votes = defaultdict(Counter)
     for row in live.itertuples():
         for image in judged_images(row):
             if image not in index:
                 raise InputFileError(f"judged image id {image!r} is not among the samples")
         if row.kind == "pair":
-            votes.add(row.a, row.b, row.winner)
+            _vote(votes, row.a, row.b, row.winner)
         elif row.kind == "best":
             for other in row.images:
                 if other != row.best:
-                    votes.add(row.best, other, "a")
+                    _vote(votes, row.best, other, "a")
     _score_votes(live, votes, dropped)
     pairs, conflicting = [], 0
-    for (first, second), counter in votes.counts.items():
+    for (first, second), counter in votes.items():
         if counter[first] and counter[second]:
             conflicting += counter[first] != counter[second]
         if counter[first] == counter[second]:
