@@ -17,7 +17,6 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +25,7 @@ import torch
 
 from d3po.config import SamplerSpec
 from d3po.errors import InputFileError
-from d3po.preferences import judgements_to_pairs, preference_pairs, read_judgements
+from d3po.preferences import judgements_to_pairs, preference_pairs, read_judgements, timestamp
 from d3po.sample_sets import (
     SAMPLER_RECORD,
     read_manifest,
@@ -173,7 +172,7 @@ def simulate_judgements(
     first, second = [a for a, _ in pairs], [b for _, b in pairs]
     prompts = [str(manifest["prompt"][a]) for a in first]
     winners = simulated_annotator(images[first], images[second], prompts, criterion)
-    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    now = timestamp()
     judgements = [
         {
             "prompt": prompt,

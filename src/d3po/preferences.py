@@ -37,7 +37,7 @@ import os
 import threading
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -207,6 +207,11 @@ def validate_judgement(
         raise InputFileError(
             f"{where}: field 'time' must be an ISO 8601 timestamp, got {record['time']!r}"
         ) from None
+
+
+def timestamp(timespec: str = "seconds") -> str:
+    """The current UTC time as a record line's ``time`` (ISO 8601)."""
+    return datetime.now(timezone.utc).isoformat(timespec=timespec)
 
 
 def judged_images(row: Any) -> list[str]:

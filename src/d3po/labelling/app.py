@@ -17,7 +17,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import asynccontextmanager, contextmanager
-from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -32,7 +31,7 @@ from d3po.labelling.assign import Assignments
 from d3po.labelling.guard import is_loopback, protect
 from d3po.labelling.report import label_report
 from d3po.labelling.tasks import SampleSet, Task, load_sample_set
-from d3po.preferences import JudgementRecord, read_judgements
+from d3po.preferences import JudgementRecord, read_judgements, timestamp
 
 #: Values of one image under the score protocol, per scale.
 SCALES: dict[str, tuple[int, ...]] = {"good-bad": (0, 1), "1-5": (1, 2, 3, 4, 5)}
@@ -55,10 +54,6 @@ class Decision(Skip):
     best: ImageId | None = None  # protocol best
     winner: Literal["a", "b", "tie"] | None = None  # protocol pairwise
     scores: dict[ImageId, StrictInt] | None = Field(default=None, max_length=64)  # protocol score
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
 class Labeller:
@@ -142,8 +137,8 @@ class Labeller:
     def _append(self, annotator: str, task: Task, fields: dict[str, Any]) -> tuple[str, int]:
         """Write the decision's line and take it into the state: (decision id, record ticket)."""
         decision = uuid.uuid4().hex[:16]
-        line = {**fields, "prompt": task.prompt, "annotator": annotator, "time": _now()}
-        line.update(decision=decision, protocol=self.protocol)
+        line = {**fields, "prompt": task.prompt, "annotator": annotator}
+        line.update(time=timestamp("milliseconds"), decision=decision, protocol=self.protocol)
         lease = self.assignments.leases.get(annotator)
         if lease is not None and lease.task == task.key:
             line["seconds"] = round(time.monotonic() - lease.since, 3)
@@ -179,8 +174,9 @@ class Labeller:
             if not history:
                 raise HTTPException(409, f"{annotator!r} has no decision to undo")
             decision, task = history[-1]
-            line = {"kind": "undo", "undoes": decision, "annotator": annotator, "time": _now()}
-            ticket = self.record.write({**line, "protocol": self.protocol})
+            line = {"kind": "undo", "undoes": decision, "annotator": annotator}
+            line.update(time=timestamp("milliseconds"), protocol=self.protocol)
+            ticket = self.record.write(line)
             self.assignments.undo(annotator)
             self.assignments.hold(annotator, task, time.monotonic())
             reply = {"undone": decision, **self._view(annotator)}

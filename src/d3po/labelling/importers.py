@@ -19,7 +19,6 @@ instead of counting its votes twice, and an imported decision can be undone.
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
@@ -32,6 +31,7 @@ from d3po.preferences import (
     check_against_manifest,
     index_manifest,
     read_judgements,
+    timestamp,
     validate_judgement,
 )
 from d3po.sample_sets import read_manifest
@@ -42,10 +42,6 @@ def _load_json(path: Path) -> Any:
         return json.loads(Path(path).read_text(encoding="utf-8-sig"))
     except json.JSONDecodeError as error:
         raise InputFileError(f"{path}: invalid JSON ({error.msg}, line {error.lineno})") from None
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def _write(samples_dir: Path, out: Path, lines: list[tuple[str, dict[str, Any]]]) -> int:
@@ -90,7 +86,7 @@ def import_reference(samples_dir: Path, files: list[Path], out: Path) -> int:
                 "prompt": str(rows["prompt"].iloc[0]),
                 "scores": dict(zip(rows["id"].astype(str), entry, strict=True)),
                 "annotator": path.stem,
-                "time": _now(),
+                "time": timestamp(),
                 "protocol": "score",
             }
             lines.append((where, line))
@@ -183,7 +179,7 @@ def import_label_studio(
                 "b": b,
                 "winner": "a" if selected == "left" else "b",
                 "annotator": _annotator(annotation),
-                "time": annotation.get("created_at") or _now(),
+                "time": annotation.get("created_at") or timestamp(),
                 "protocol": "pairwise",
             }
             lines.append((where, line))
