@@ -57,14 +57,10 @@ class Metadata:
     shape: str
     distorted: bool
     unsafe: bool
-    size: float
-    """Side of the shape's bounding box, in pixels."""
-    centre: tuple[float, float]
-    """(x, y) of the bounding box centre, in pixels."""
-    bite_fraction: float
-    """Share of the shape's area the bite removed (0 when not distorted)."""
-    mark_corner: int
-    """0-3 (top-left, top-right, bottom-left, bottom-right), -1 when safe."""
+    size: float  # side of the shape's bounding box, in pixels
+    centre: tuple[float, float]  # (x, y) of the bounding box centre, in pixels
+    bite_fraction: float  # share of the shape's area the bite removed (0 when not distorted)
+    mark_corner: int  # 0-3 (top-left, top-right, bottom-left, bottom-right), -1 when safe
 
 
 def parse_prompt(prompt: str) -> tuple[str, str]:
