@@ -31,10 +31,9 @@ class Task:
 class SampleSet:
     """A sample set as the app sees it: tasks, and image files by id (from the manifest)."""
 
-    root: Path
     manifest: pd.DataFrame
     tasks: dict[str, Task]
-    files: dict[str, Path]  # image id -> file inside root
+    files: dict[str, Path]  # image id -> file inside the set's folder
     group_of: dict[str, str]  # image id -> task key
 
 
@@ -74,4 +73,4 @@ def load_sample_set(samples_dir: Path, protocol: str) -> SampleSet:
         key = task_key(group)
         tasks[key] = Task(key, int(group), str(rows["prompt"].iloc[0]), images)
     group_of = dict(zip(manifest["id"], manifest["group"].map(task_key), strict=True))
-    return SampleSet(root, manifest, tasks, files, group_of)
+    return SampleSet(manifest, tasks, files, group_of)
