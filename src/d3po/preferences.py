@@ -36,6 +36,7 @@ import math
 import os
 import threading
 from collections import Counter, defaultdict
+from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -437,11 +438,8 @@ def append_judgements(path: Path, judgements: list[dict[str, Any]]) -> None:
     for number, judgement in enumerate(judgements, start=1):
         validate_judgement(judgement, where=f"{path.name} (new judgement {number})")
     text = "".join(_judgement_line(judgement) + "\n" for judgement in judgements)
-    record = JudgementRecord(path)
-    try:
+    with closing(JudgementRecord(path)) as record:
         record.wait_durable(record.write_line(text.encode("utf-8")))
-    finally:
-        record.close()
 
 
 class JudgementRecord:
