@@ -351,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument(
         "--proxy", **LABELLED_LIST, required=True, help="NAME=CSV: a proxy, its table"
     )
-    score.add_argument("--options", type=JSON_OBJECT, default=None, help="{proxy: {option: value}}")
+    score.add_argument("--options", type=JSON_OBJECT, help="{proxy: {option: value}}")
     score.set_defaults(run=cmd_score)
 
     train = steps.add_parser("train", help="train one method (resumes from --state-dir)")
@@ -388,10 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     collect = steps.add_parser("collect", help="summarise score files into an evaluation table")
     collect.add_argument("--runs", type=JSON_LIST, required=True)
     collect.add_argument(
-        "--options",
-        type=JSON_OBJECT,
-        default=None,
-        help="{proxy: {option: value}} of the scoring",
+        "--options", type=JSON_OBJECT, help="{proxy: {option: value}} of the scoring"
     )
     collect.add_argument("--out", type=Path, required=True)
     collect.set_defaults(run=cmd_collect)
@@ -414,8 +411,8 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("--out-csv", type=Path, required=True)
     table.add_argument("--out-md", type=Path, required=True)
     table.add_argument("--out-html", type=Path, help="also an HTML page (for the report)")
-    table.add_argument("--paper", type=JSON_OBJECT, default=None)
-    table.add_argument("--objectives", type=JSON_OBJECT, default=None)
+    table.add_argument("--paper", type=JSON_OBJECT)
+    table.add_argument("--objectives", type=JSON_OBJECT)
     table.set_defaults(run=cmd_table)
 
     check = steps.add_parser("check-config", help="a workflow config file: there and YAML")
