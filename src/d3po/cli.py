@@ -196,9 +196,7 @@ def cmd_collect(args: argparse.Namespace) -> None:
     for run in args.runs:
         check_run_scores(run)
     score_csvs = [Path(csv) for run in args.runs for csv in run["scores"]]
-    descriptions = [
-        {k: v for k, v in run.items() if k != "scores"} for run in args.runs for _ in run["scores"]
-    ]
+    descriptions = [run for run in args.runs for _ in run["scores"]]
     collect_evaluation(score_csvs, descriptions, args.out, proxy_options=args.options)
 
 
