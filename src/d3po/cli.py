@@ -203,8 +203,7 @@ def cmd_collect(args: argparse.Namespace) -> None:
 def cmd_plot_curves(args: argparse.Namespace) -> None:
     from d3po.plots import plot_curves
 
-    metrics = dict(args.metrics) if args.metrics else None
-    plot_curves(args.evaluation, args.out, metrics, objective=args.objective)
+    plot_curves(args.evaluation, args.out, dict(args.metrics or ()), objective=args.objective)
 
 
 def cmd_plot_samples(args: argparse.Namespace) -> None:
