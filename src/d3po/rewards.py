@@ -418,9 +418,7 @@ def score_sample_dir(
     ``options``: options per proxy, as the config's ``proxies:`` block; checked before any
     image is read.
     """
-    options = {proxy: (options or {}).get(proxy) for proxy in out_csvs}
-    for proxy, proxy_options in options.items():
-        check_proxy_options(proxy, proxy_options)
+    options = {proxy: check_proxy_options(proxy, (options or {}).get(proxy)) for proxy in out_csvs}
     manifest = read_manifest(Path(samples_dir))
     values: dict[str, list[np.ndarray]] = {proxy: [] for proxy in out_csvs}
     for start in range(0, len(manifest), batch_size):
