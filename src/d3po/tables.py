@@ -312,10 +312,8 @@ def _cells(
         [[escape(show(row)) for show in TABLE_COLUMNS.values()] for row in summary.itertuples()],
         columns=list(TABLE_COLUMNS),
     )
-    shown["proxy"] = [
-        bold.format(proxy) if objective else proxy
-        for proxy, objective in zip(shown["proxy"], summary["objective"], strict=True)
-    ]
+    objective = summary["objective"].to_numpy(dtype=bool)
+    shown.loc[objective, "proxy"] = shown.loc[objective, "proxy"].map(bold.format)
     return shown
 
 
