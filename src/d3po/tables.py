@@ -225,10 +225,7 @@ def _end_row(ends: pd.DataFrame, start: pd.Series) -> dict[str, Any]:
     """
     seeds = len(ends)
     deltas = ends["delta"].to_numpy(dtype=float)
-    if seeds > 1:
-        delta_se = float(np.std(deltas, ddof=1) / np.sqrt(seeds))
-    else:
-        delta_se = float(ends["delta_se"].iloc[0])
+    delta_se = np.std(deltas, ddof=1) / np.sqrt(seeds) if seeds > 1 else ends["delta_se"].iloc[0]
     content = start["mean"] - start["blank"]
     return {
         "start_mean": start["mean"],
@@ -238,7 +235,7 @@ def _end_row(ends: pd.DataFrame, start: pd.Series) -> dict[str, Any]:
         "end_std": ends["mean"].std(ddof=0),
         "seeds": seeds,
         "delta": float(np.mean(deltas)),
-        "delta_se": delta_se,
+        "delta_se": float(delta_se),
         "content_change": float(np.mean(deltas) / content) if content else np.nan,
         "p_values": " ".join(f"{p:.2g}" for p in ends.sort_values("seed")["p_value"]),
     }
