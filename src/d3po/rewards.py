@@ -272,15 +272,6 @@ class AestheticHead(torch.nn.Module):
         return self.layers(embedding)
 
 
-def _missing_head_error(head_path: str | None) -> MissingFileError:
-    where = f"file not found: {head_path}" if head_path else "no head file given"
-    return MissingFileError(
-        f"aesthetic proxy: {where}. Download {AESTHETIC_HEAD_FILE} from the LAION "
-        f"improved-aesthetic-predictor repository ({AESTHETIC_HEAD_URL}) and set the config key "
-        "proxies.aesthetic.head_path to its local path."
-    )
-
-
 def _load_head(head_path: str, embed_dim: int) -> torch.nn.Module:
     state_dict = torch.load(head_path, map_location="cpu", weights_only=True)
     head = AestheticHead(embed_dim)
@@ -346,8 +337,13 @@ def _load_aesthetic(
     """Load (CLIP model, head, preprocessing config) once per settings and device."""
     import open_clip
 
-    if not head_path or not Path(head_path).is_file():
-        raise _missing_head_error(head_path)  # fail before the slow CLIP load
+    if not head_path or not Path(head_path).is_file():  # fail before the slow CLIP load
+        where = f"file not found: {head_path}" if head_path else "no head file given"
+        raise MissingFileError(
+            f"aesthetic proxy: {where}. Download {AESTHETIC_HEAD_FILE} from the LAION "
+            f"improved-aesthetic-predictor repository ({AESTHETIC_HEAD_URL}) and set the config "
+            "key proxies.aesthetic.head_path to its local path."
+        )
     pretrained = _resolve_clip_weights(
         clip_model, clip_pretrained, clip_checkpoint, allow_random_clip
     )
