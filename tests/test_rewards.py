@@ -78,6 +78,13 @@ def test_register_adds_a_proxy_with_its_declared_options() -> None:
         del rewards._REGISTRY["_test_brightness"]
 
 
+def test_a_proxys_prompt_check_refuses_prompts_it_cannot_judge() -> None:
+    rewards.check_prompts("toy_safe", ["a red circle", "an orange cross"])
+    rewards.check_prompts("jpeg_compressibility", ["a photo of a cat"])  # reads no prompt
+    with pytest.raises(ConfigError, match="unknown word 'photo' in prompt 'a photo of a cat'"):
+        rewards.check_prompts("toy_safe", ["a red circle", "a photo of a cat"])
+
+
 def test_a_proxy_without_declared_options_is_refused() -> None:
     with pytest.raises(TypeError, match="declared"):
 

@@ -508,6 +508,22 @@ def prompt_outside_the_toy_world(config):
     config["prompts"]["shapes"].append("a magenta circle")
 
 
+def toy_judges_on_prompts_outside_the_toy_world(config):
+    config["model"]["source"] = "sd15-random"  # a model that draws any prompt
+    config["prompts"]["eval"].append("a photo of a cat")
+
+
+def toy_objective_on_prompts_outside_the_toy_world(config):
+    config["model"]["source"] = "sd15-random"
+    config["prompts"]["shapes"].append("a photo of a cat")
+
+
+def simulated_annotator_on_prompts_outside_the_toy_world(config):
+    config["model"]["source"] = "sd15-random"
+    config["prompts"]["people"] = ["a photo of a cat"]
+    config["experiments"]["safety_judged"]["judgements"]["prompts"] = "people"
+
+
 def misspelt_proxy_option(config):
     config["proxies"] = {"jpeg_compressibility": {"qualty": 50}}
 
@@ -608,6 +624,19 @@ BAD_CONFIGS = {
     unknown_prompt_list: ["experiments.compressibility.prompts", "animals", "shapes"],
     missing_model_folder: ["model.source", "./models/not-downloaded"],
     prompt_outside_the_toy_world: ["prompts.shapes", "magenta", "known colours"],
+    toy_judges_on_prompts_outside_the_toy_world: [
+        "bad.yaml line",
+        "evaluation.proxies: 'toy_safe' cannot score prompt list 'eval'",
+        "unknown word 'photo' in prompt 'a photo of a cat'",
+    ],
+    toy_objective_on_prompts_outside_the_toy_world: [
+        "bad.yaml line",
+        "experiments.safety.objectives: 'toy_safe' cannot score prompt list 'shapes'",
+    ],
+    simulated_annotator_on_prompts_outside_the_toy_world: [
+        "bad.yaml line",
+        "experiments.safety_judged.judgements.simulate: 'toy_safe' cannot score prompt list",
+    ],
     judged_ddpo: ["experiments.safety_judged.methods", "ddpo does not train on human judgements"],
     rule_proxy_as_online_objective: [
         "experiments.compressibility.objectives",

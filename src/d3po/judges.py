@@ -22,7 +22,7 @@ import torch
 from scipy import ndimage
 
 from d3po.errors import ConfigError
-from d3po.rewards import register
+from d3po.rewards import get_proxy, register
 from d3po.world import COLOURS, SHAPES, parse_prompt, shape_coverage
 
 #: A pixel is dark (the unsafe mark) when its brightest channel is below this.
@@ -176,33 +176,38 @@ def _to_numpy(images: torch.Tensor | np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- proxies, annotator
 
 
-@register("toy_undistorted", unit="share of images")
+@register("toy_undistorted", unit="share of images", prompt_check=parse_prompt)
 def toy_undistorted(images: torch.Tensor, prompts: list[str]) -> np.ndarray:
     """1 when the shape has no bite taken out of it, else 0."""
     return 1.0 - judge(images, prompts)["distorted"].astype(np.float64)
 
 
-@register("toy_safe", unit="share of images")
+@register("toy_safe", unit="share of images", prompt_check=parse_prompt)
 def toy_safe(images: torch.Tensor, prompts: list[str]) -> np.ndarray:
     """1 when the image carries no unsafe mark, else 0."""
     return 1.0 - judge(images, prompts)["unsafe"].astype(np.float64)
 
 
-@register("toy_aligned", unit="share of images")
+@register("toy_aligned", unit="share of images", prompt_check=parse_prompt)
 def toy_aligned(images: torch.Tensor, prompts: list[str]) -> np.ndarray:
     """1 when the image shows the prompt's colour and shape, else 0."""
     return judge(images, prompts)["aligned"].astype(np.float64)
 
 
-CRITERIA = {"undistorted": toy_undistorted, "safe": toy_safe, "aligned": toy_aligned}
+CRITERIA = {"undistorted": "toy_undistorted", "safe": "toy_safe", "aligned": "toy_aligned"}
 
 
-def criterion_judge(criterion: str):
-    """The judge of a simulated annotator's criterion ('safe' or 'toy_safe', ...)."""
+def criterion_proxy(criterion: str) -> str:
+    """The proxy a simulated annotator's criterion ('safe' or 'toy_safe', ...) judges by."""
     name = criterion.removeprefix("toy_")
     if name not in CRITERIA:
         raise ConfigError(f"unknown criterion '{criterion}'; known: {', '.join(CRITERIA)}")
     return CRITERIA[name]
+
+
+def criterion_judge(criterion: str):
+    """The judge of a simulated annotator's criterion."""
+    return get_proxy(criterion_proxy(criterion))
 
 
 def simulated_annotator(

@@ -33,7 +33,7 @@ import importlib
 import inspect
 import io
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,6 +74,9 @@ class Proxy:
     blank_floor: bool = False
     """No image content takes the value below a blank image's (a JPEG's header): tables show
     changes relative to the value above it."""
+    prompt_check: Callable[[str], object] | None = None
+    """Raises ConfigError for a prompt the proxy cannot judge (the toy judges read a colour and
+    a shape from it); the workflow runs it on every prompt list the proxy scores, before any job."""
 
 
 _REGISTRY: dict[str, Proxy] = {}
@@ -90,9 +93,14 @@ AESTHETIC_HEAD_URL = "https://github.com/christophschuhmann/improved-aesthetic-p
 # ---------------------------------------------------------------------------------------------
 
 
-def register(name: str, unit: str = "", blank_floor: bool = False) -> Callable[[ProxyFn], ProxyFn]:
+def register(
+    name: str,
+    unit: str = "",
+    blank_floor: bool = False,
+    prompt_check: Callable[[str], object] | None = None,
+) -> Callable[[ProxyFn], ProxyFn]:
     """Decorator: register ``fn`` as the proxy ``name`` (names must be unique), whose values
-    are in ``unit`` (shown on plot axes); ``blank_floor``: see ``Proxy``.
+    are in ``unit`` (shown on plot axes); ``blank_floor``, ``prompt_check``: see ``Proxy``.
 
     ``fn(images, prompts, *, option=default, ...)``: every parameter after the first two is an
     option, with a type hint and a default; ``**kwargs`` is refused, so that a misspelt option
@@ -102,7 +110,7 @@ def register(name: str, unit: str = "", blank_floor: bool = False) -> Callable[[
     def decorator(fn: ProxyFn) -> ProxyFn:
         if name in _REGISTRY and _REGISTRY[name].fn is not fn:
             raise ValueError(f"proxy {name!r} is already registered")
-        _REGISTRY[name] = Proxy(fn, _declared_options(name, fn), unit, blank_floor)
+        _REGISTRY[name] = Proxy(fn, _declared_options(name, fn), unit, blank_floor, prompt_check)
         return fn
 
     return decorator
@@ -155,6 +163,13 @@ def _registered(name: str) -> Proxy:
         known = ", ".join(sorted(_REGISTRY))
         raise ConfigError(f"unknown proxy {name!r}; known proxies: {known}")
     return _REGISTRY[name]
+
+
+def check_prompts(name: str, prompts: Sequence[str]) -> None:
+    """ConfigError naming the prompt when proxy ``name`` cannot judge one of ``prompts``."""
+    check = _registered(name).prompt_check
+    for prompt in prompts if check else ():
+        check(prompt)
 
 
 def proxy_unit(name: str) -> str:

@@ -192,6 +192,7 @@ def check_config(config):
         return
     if config["model"]["source"] == "toy":
         check_toy_prompts()
+    check_scored_prompts()
     check_model(files=False)
 
 
@@ -414,6 +415,46 @@ def check_toy_prompts():
                 parse_prompt(prompt)
             except ValueError as error:
                 raise WorkflowError(f"prompts.{name}: {error}") from None
+
+
+def scored_prompt_lists():
+    """(config keys, prompt list, proxies) of each set the workflow scores: the evaluation's,
+    an online experiment's epochs, a round's (by its proxies or the simulated annotator).
+    """
+    from d3po.judges import criterion_proxy
+
+    evaluation = config["evaluation"]
+    yield ["evaluation", "proxies"], evaluation["prompts"], evaluation["proxies"]
+    for name, experiment in config["experiments"].items():
+        judgements = experiment.get("judgements") or {}
+        keys = ["experiments", name, "judgements"]
+        if not judgements:
+            keys = ["experiments", name, "objectives"]
+            yield keys, experiment["prompts"], experiment["objectives"]
+        elif judgements.get("proxy"):
+            yield keys + ["proxy"], judgements["prompts"], round_proxies(name)
+        elif judgements.get("simulate"):
+            criterion = criterion_proxy(judgements["simulate"])
+            yield keys + ["simulate"], judgements["prompts"], [criterion]
+
+
+def check_scored_prompts():
+    """A proxy that reads the prompt (the toy judges, and so the simulated annotator) must know
+    every prompt it scores; else a sample set is made, maybe for hours, before its job fails.
+    """
+    from d3po.errors import ConfigError
+    from d3po.rewards import check_prompts
+
+    for keys, prompt_list, proxies in scored_prompt_lists():
+        # a rule-based proxy's rule reads what it needs
+        for proxy in [name for name in proxies if name in REGISTERED_PROXIES]:
+            try:
+                check_prompts(proxy, config["prompts"][prompt_list])
+            except ConfigError as error:
+                raise WorkflowError(
+                    f"{config_location(keys)}: {field_name(keys)}: '{proxy}' cannot score "
+                    f"prompt list '{prompt_list}': {error}"
+                ) from None
 
 
 def check_d3po_command():
