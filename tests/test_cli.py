@@ -117,6 +117,15 @@ def test_a_json_argument_of_the_wrong_shape_is_a_usage_error(
     assert message in capsys.readouterr().err.splitlines()[-1]
 
 
+def test_collect_with_no_run_writes_no_table(tmp_path, capsys):
+    out = tmp_path / "evaluation.csv"
+    with pytest.raises(SystemExit) as raised:
+        cli.main(["collect", "--runs", "[]", "--out", str(out)])
+    assert raised.value.code == 1
+    assert "--runs: the list of run descriptions is empty" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_bad_score_tables_and_run_descriptions_are_one_line_naming_them(tmp_path, capsys):
     table = tmp_path / "jpeg_size.csv"
     table.write_text("id,proxy,value\n0000_00,brightness,1\n")

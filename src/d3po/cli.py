@@ -193,6 +193,8 @@ def cmd_collect(args: argparse.Namespace) -> None:
     from d3po.scores import check_run_scores
     from d3po.tables import collect_evaluation
 
+    if not args.runs:
+        raise ConfigError("--runs: the list of run descriptions is empty; nothing to collect")
     for run in args.runs:
         check_run_scores(run)
     score_csvs = [Path(csv) for run in args.runs for csv in run["scores"]]
