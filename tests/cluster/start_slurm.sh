@@ -174,6 +174,11 @@ start_slurm() {
 }
 
 install_packages
+# Daemons that an interrupted run left up would keep the old database and state: stop them.
+if pgrep -x slurmctld >/dev/null || pgrep -x slurmd >/dev/null || pgrep -x slurmdbd >/dev/null; then
+	log "stopping the daemons a previous run left up"
+	"$(dirname "$0")/stop_slurm.sh"
+fi
 write_configs
 start_munge
 start_mariadb
