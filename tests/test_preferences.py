@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from d3po import preferences
@@ -61,6 +62,26 @@ def _judgement(a: str, b: str, winner: str, annotator: str = "ann") -> dict[str,
 def _write_lines(path: Path, lines: list[str]) -> Path:
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def test_an_undo_line_with_a_prompt_is_read_against_the_manifest(tmp_path: Path) -> None:
+    """An undo names no image; a 'prompt' field on it is extra, as any unknown field."""
+    manifest = pd.DataFrame(
+        {
+            "id": ["x", "y"],
+            "prompt": ["cat"] * 2,
+            "group": [0, 0],
+            "seed": [1, 1],
+            "path": ["."] * 2,
+        }
+    )
+    first = {**_judgement("x", "y", "a"), "decision": "d1"}
+    undo = {"kind": "undo", "undoes": "d1", "prompt": "cat", "annotator": "ann"}
+    path = _write_lines(
+        tmp_path / "labels.jsonl", [json.dumps(first), json.dumps(undo | {"time": first["time"]})]
+    )
+    table = preferences.read_judgements(path, manifest=preferences.index_manifest(manifest))
+    assert list(table["kind"]) == ["pair", "undo"]
 
 
 def test_read_judgements_allows_blank_lines(tmp_path: Path) -> None:

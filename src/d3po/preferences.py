@@ -234,10 +234,11 @@ def index_manifest(manifest: pd.DataFrame) -> pd.DataFrame:
 def check_against_manifest(record: dict[str, Any], where: str, manifest: pd.DataFrame) -> None:
     """The images of one line belong to one group (initial noise) and its prompt is theirs.
 
-    ``record`` is a valid line with a prompt (so at least one image); ``manifest`` is indexed
-    by id (``index_manifest``) and holds every id of the line.
+    ``manifest`` is indexed by id (``index_manifest``) and holds every id of the line.
     """
     images = judged_images(record)
+    if not images:
+        return
     rows = manifest.loc[images]
     if rows["group"].nunique() > 1:
         raise InputFileError(
