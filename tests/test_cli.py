@@ -135,6 +135,7 @@ def test_bad_score_tables_and_run_descriptions_are_one_line_naming_them(tmp_path
         ([{**run, "scores": [str(tmp_path / "absent.csv")]}], "score table not found"),
         ([1], "a run description has a list of paths 'scores', got 1"),
         ([{**run, "scores": [1]}], "a run description has a list of paths 'scores'"),
+        ([{**run, "scores": []}], "a run description has a list of paths 'scores'"),
         ([{**run, "scores": [str(table)], "samples": 5}], "'samples' is a folder, got 5"),
     ]
     for runs, message in cases:

@@ -75,8 +75,9 @@ class Proxy:
     """No image content takes the value below a blank image's (a JPEG's header): tables show
     changes relative to the value above it."""
     prompt_check: Callable[[str], object] | None = None
-    """Raises ConfigError for a prompt the proxy cannot judge (the toy judges read a colour and
-    a shape from it); the workflow runs it on every prompt list the proxy scores, before any job."""
+    """Raises ValueError (ConfigError) for a prompt the proxy cannot judge (the toy judges read a
+    colour and a shape from it); the workflow runs it on each prompt list the proxy scores, before
+    any job."""
 
 
 _REGISTRY: dict[str, Proxy] = {}
@@ -166,7 +167,7 @@ def _registered(name: str) -> Proxy:
 
 
 def check_prompts(name: str, prompts: Sequence[str]) -> None:
-    """ConfigError naming the prompt when proxy ``name`` cannot judge one of ``prompts``."""
+    """Raise the proxy's ValueError naming the prompt when ``name`` cannot judge one of them."""
     check = _registered(name).prompt_check
     for prompt in prompts if check else ():
         check(prompt)

@@ -81,7 +81,7 @@ def check_run_scores(run: dict[str, Any]) -> None:
     and ``run["samples"]``, when given, the sample set they score.
     """
     paths = run.get("scores") if isinstance(run, dict) else None
-    if not isinstance(paths, list) or not all(isinstance(path, str) for path in paths):
+    if not paths or not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
         raise InputFileError(f"a run description has a list of paths 'scores', got {run!r}")
     if not isinstance(run.get("samples", ""), str):
         raise InputFileError(f"a run description's 'samples' is a folder, got {run['samples']!r}")

@@ -178,6 +178,8 @@ install_packages
 if pgrep -x slurmctld >/dev/null || pgrep -x slurmd >/dev/null || pgrep -x slurmdbd >/dev/null; then
 	log "stopping the daemons a previous run left up"
 	"$(dirname "$0")/stop_slurm.sh"
+	pgrep -x slurmctld >/dev/null || pgrep -x slurmd >/dev/null || pgrep -x slurmdbd >/dev/null &&
+		fail "a Slurm daemon outlived stop_slurm.sh (no pid file in $SLURM_TEST_DIR): stop it by hand"
 fi
 write_configs
 start_munge

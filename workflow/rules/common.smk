@@ -442,7 +442,6 @@ def check_scored_prompts():
     """A proxy that reads the prompt (the toy judges, and so the simulated annotator) must know
     every prompt it scores; else a sample set is made, maybe for hours, before its job fails.
     """
-    from d3po.errors import ConfigError
     from d3po.rewards import check_prompts
 
     for keys, prompt_list, proxies in scored_prompt_lists():
@@ -450,7 +449,7 @@ def check_scored_prompts():
         for proxy in [name for name in proxies if name in REGISTERED_PROXIES]:
             try:
                 check_prompts(proxy, config["prompts"][prompt_list])
-            except ConfigError as error:
+            except ValueError as error:  # ConfigError, or a plain one from a user's check
                 raise WorkflowError(
                     f"{config_location(keys)}: {field_name(keys)}: '{proxy}' cannot score "
                     f"prompt list '{prompt_list}': {error}"
