@@ -449,7 +449,8 @@ def check_scored_prompts():
         for proxy in [name for name in proxies if name in REGISTERED_PROXIES]:
             try:
                 check_prompts(proxy, config["prompts"][prompt_list])
-            except ValueError as error:  # ConfigError, or a plain one from a user's check
+            # ConfigError, or a plain ValueError from a user's check
+            except ValueError as error:
                 raise WorkflowError(
                     f"{config_location(keys)}: {field_name(keys)}: '{proxy}' cannot score "
                     f"prompt list '{prompt_list}': {error}"
