@@ -427,29 +427,29 @@ def scored_prompt_lists():
     yield ["evaluation", "proxies"], evaluation["prompts"], evaluation["proxies"]
     for name, experiment in config["experiments"].items():
         judgements = experiment.get("judgements") or {}
-        keys = ["experiments", name, "judgements"]
+        field = ["experiments", name, "judgements"]
         if not judgements:
-            keys = ["experiments", name, "objectives"]
-            yield keys, experiment["prompts"], experiment["objectives"]
+            field = ["experiments", name, "objectives"]
+            yield field, experiment["prompts"], experiment["objectives"]
         elif judgements.get("proxy"):
-            yield keys + ["proxy"], judgements["prompts"], round_proxies(name)
+            yield field + ["proxy"], judgements["prompts"], round_proxies(name)
         elif judgements.get("simulate"):
             criterion = criterion_proxy(judgements["simulate"])
-            yield keys + ["simulate"], judgements["prompts"], [criterion]
+            yield field + ["simulate"], judgements["prompts"], [criterion]
 
 
 def check_scored_prompts():
     """A proxy that reads the prompt (the toy judges, and so the simulated annotator) must know
     every prompt it scores; else a sample set is made, maybe for hours, before its job fails.
+    A rule-based proxy is skipped (its rule reads what it needs); a proxy's check raises
+    ConfigError, or a plain ValueError when a user wrote it.
     """
     from d3po.rewards import check_prompts
 
     for keys, prompt_list, proxies in scored_prompt_lists():
-        # a rule-based proxy's rule reads what it needs
         for proxy in [name for name in proxies if name in REGISTERED_PROXIES]:
             try:
                 check_prompts(proxy, config["prompts"][prompt_list])
-            # ConfigError, or a plain ValueError from a user's check
             except ValueError as error:
                 raise WorkflowError(
                     f"{config_location(keys)}: {field_name(keys)}: '{proxy}' cannot score "
