@@ -167,9 +167,8 @@ def _first_image_per_prompt(samples_dir: Path) -> dict[str, Path]:
 def _upscaled(path: Path, min_size: int = 128) -> np.ndarray:
     """Load an image; enlarge small ones by an integer factor with nearest-neighbour pixels."""
     image = Image.open(path).convert("RGB")
-    factor = max(1, -(-min_size // min(image.size)))  # ceil division
-    if factor > 1:
-        image = image.resize((image.width * factor, image.height * factor), Image.NEAREST)
+    factor = -(-min_size // min(image.size))  # ceil division: 1 leaves the image as it is
+    image = image.resize((image.width * factor, image.height * factor), Image.NEAREST)
     return np.asarray(image)
 
 
