@@ -23,7 +23,7 @@ from __future__ import annotations
 import csv
 import functools
 import html
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -205,16 +205,14 @@ def _last_epoch(rows: pd.DataFrame) -> pd.DataFrame:
     return rows[rows["epoch"] == last]
 
 
-def _by_round(runs: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+def _by_round(runs: pd.DataFrame) -> Iterator[tuple[str, pd.DataFrame]]:
     """(label, rows) per method, and per round for feedback rounds ("d3po round 2")."""
-    groups = []
     for method, method_runs in runs.groupby("method", sort=True):
         if method_runs["round"].isna().all():
-            groups.append((method, method_runs))
+            yield method, method_runs
         else:  # groupby drops the rows whose round is NaN
-            rounds = method_runs.groupby("round", sort=True)
-            groups += [(f"{method} round {int(number)}", rows) for number, rows in rounds]
-    return groups
+            for number, rows in method_runs.groupby("round", sort=True):
+                yield f"{method} round {int(number)}", rows
 
 
 def _end_row(ends: pd.DataFrame, start: pd.Series) -> dict[str, Any]:
@@ -241,8 +239,7 @@ def _end_row(ends: pd.DataFrame, start: pd.Series) -> dict[str, Any]:
     }
 
 
-def _summary_rows(table: pd.DataFrame, objectives: dict[str, str]) -> list[dict[str, Any]]:
-    rows = []
+def _summary_rows(table: pd.DataFrame, objectives: dict[str, str]) -> Iterator[dict[str, Any]]:
     for experiment, runs in table.groupby("experiment", sort=True):
         base = runs[runs["method"] == BASE].groupby("proxy")
         starts = base.agg(mean=("mean", "mean"), blank=("blank", "mean"), seeds=("mean", "size"))
@@ -257,8 +254,7 @@ def _summary_rows(table: pd.DataFrame, objectives: dict[str, str]) -> list[dict[
                     continue
                 row = {"experiment": experiment, "method": method, "proxy": proxy}
                 row |= {"objective": proxy == objective}
-                rows.append(row | _end_row(proxy_ends, starts.loc[proxy]))
-    return rows
+                yield row | _end_row(proxy_ends, starts.loc[proxy])
 
 
 def _format(mean: float, spread: float, seeds: int = 2) -> str:
