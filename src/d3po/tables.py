@@ -313,8 +313,7 @@ def _cells(
 def side_effects(table: pd.DataFrame, objectives: dict[str, str]) -> pd.DataFrame:
     """Per experiment, method and seed: the first checkpoint epoch at which each held-out rate
     other than the objective fell below the base model's (paired p < 0.05); NaN if never."""
-    rates = table[table["method"] != BASE]
-    rates = rates[rates["test"] == "mcnemar"]
+    rates = table[(table["method"] != BASE) & (table["test"] == "mcnemar")]
     rates = rates[rates["proxy"] != rates["experiment"].map(lambda e: objectives.get(e, e))]
     fell = rates[(rates["delta"] < 0) & (rates["p_value"] < SIGNIFICANCE)]
     run = ["experiment", "method", "seed"]
