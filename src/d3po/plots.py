@@ -157,11 +157,8 @@ def _save(figure: plt.Figure, out_png: Path) -> None:
 
 
 def _first_image_per_prompt(samples_dir: Path) -> dict[str, Path]:
-    first = read_manifest(samples_dir).drop_duplicates("prompt", keep="first")
-    return {
-        prompt: Path(samples_dir) / path
-        for prompt, path in zip(first["prompt"], first["path"], strict=True)
-    }
+    first = read_manifest(samples_dir).drop_duplicates("prompt").set_index("prompt")["path"]
+    return {prompt: Path(samples_dir) / path for prompt, path in first.items()}
 
 
 def _upscaled(path: Path, min_size: int = 128) -> np.ndarray:
