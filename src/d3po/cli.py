@@ -128,12 +128,8 @@ def cmd_train(args: argparse.Namespace) -> None:
             )
         # a round that starts from an earlier adapter uses the set's recorded log-probs
         reduction = settings.training.log_prob_reduction if args.init_adapter else None
-        set_up = (settings.sampler, reduction)
-        labelled = (
-            load_labelled(args.samples, args.judgements, *set_up)
-            if args.judgements
-            else load_scored(args.samples, args.scores, *set_up)
-        )
+        load = load_labelled if args.judgements else load_scored
+        labelled = load(args.samples, args.judgements or args.scores, settings.sampler, reduction)
     train(settings, args.run_dir, args.state_dir, labelled=labelled, init_adapter=args.init_adapter)
 
 
