@@ -156,12 +156,9 @@ def typed_value(hint: Any, value: Any, where: str) -> Any:
         if not isinstance(value, list | tuple):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         return tuple(value)
-    if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
+    stray_bool = isinstance(value, bool) and hint is not bool  # isinstance(True, int) holds
+    if hint is float and isinstance(value, int | float) and not stray_bool:
         return float(value)
-    if (
-        hint in (int, float, str, bool)
-        and not isinstance(value, hint)
-        or (hint in (int, float) and isinstance(value, bool))
-    ):
+    if hint in (int, float, str, bool) and (stray_bool or not isinstance(value, hint)):
         raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}")
     return value
