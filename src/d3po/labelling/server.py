@@ -44,9 +44,9 @@ def serve(
 
 
 @contextmanager
-def running(app, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+def running(app, host: str = "127.0.0.1") -> Iterator[str]:
     """Serve ``app`` from a thread on a free port (``port=0``); yields its base URL."""
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=0, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -62,24 +62,20 @@ def running(app, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
         thread.join(timeout=30)
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as probe:
-        probe.bind((host, 0))
-        return probe.getsockname()[1]
-
-
 @contextmanager
 def app_process(
-    samples_dir: Path, judgements: Path, *options: str, host: str = "127.0.0.1"
+    samples_dir: Path, judgements: Path, *options: str
 ) -> Iterator[tuple[str, subprocess.Popen]]:
     """``d3po label`` in a process of its own (benchmark, crash tests): (base URL, process).
 
     ``options`` are more command-line arguments (``--protocol best`` ...). The process is
     killed on exit if it is still running.
     """
-    port = free_port(host)
+    with socket.socket() as probe:  # a free port
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
     command = [sys.executable, "-m", "d3po", "label", str(samples_dir), "--judgements",
-               str(judgements), "--host", host, "--port", str(port), *options]  # fmt: skip
+               str(judgements), "--host", "127.0.0.1", "--port", str(port), *options]  # fmt: skip
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
