@@ -95,10 +95,9 @@ def import_reference(samples_dir: Path, files: list[Path], out: Path) -> int:
 
 def _image_ids(manifest: pd.DataFrame) -> dict[str, str]:
     """File name (and id) -> image id."""
-    names = {
-        Path(path).name: str(i) for i, path in zip(manifest["id"], manifest["path"], strict=True)
-    }
-    return {**{str(i): str(i) for i in manifest["id"]}, **names}
+    ids = manifest["id"].astype(str)
+    names = manifest["path"].map(lambda path: Path(path).name)
+    return dict(zip(ids, ids, strict=True)) | dict(zip(names, ids, strict=True))
 
 
 def _match(url: Any, ids: dict[str, str], where: str) -> str:
