@@ -327,9 +327,8 @@ def read_judgements(
 
 def live_judgements(judgements: pd.DataFrame) -> pd.DataFrame:
     """The decisions that still count: undo lines and the decisions they cancel removed."""
-    undone = set(judgements.loc[judgements["kind"] == "undo", "undoes"])
-    cancelled = judgements["decision"].isin(undone) & judgements["decision"].notna()
-    return judgements[~cancelled & (judgements["kind"] != "undo")]
+    undone = judgements.loc[judgements["kind"] == "undo", "undoes"]  # non-empty strings
+    return judgements[~judgements["decision"].isin(undone) & (judgements["kind"] != "undo")]
 
 
 @dataclass
