@@ -69,9 +69,7 @@ class Labeller:
     ) -> None:
         self.samples, self.record, self.protocol, self.scale = samples, record, protocol, scale
         self.assignments = Assignments(samples.tasks, annotators_per_prompt)
-        if record.path.stat().st_size:
-            table = read_judgements(record.path, manifest=samples.manifest)
-            self.assignments.replay(table, samples.group_of)
+        self.assignments.replay(record.path, samples)
         self.lock = threading.Lock()
 
     # --- what the page is shown ------------------------------------------------------------

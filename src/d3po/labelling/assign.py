@@ -13,9 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pandas as pd
-
-from d3po.labelling.tasks import Task, load_sample_set
+from d3po.labelling.tasks import SampleSet, Task, load_sample_set
 from d3po.preferences import judged_images, live_judgements, read_judgements
 
 
@@ -35,11 +33,12 @@ class Assignments:
     history: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # (decision, task)
     leases: dict[str, Lease] = field(default_factory=dict)
 
-    def replay(self, judgements: pd.DataFrame, group_of: dict[str, str]) -> None:
-        """Take in every live decision of a record (undone ones are not live)."""
+    def replay(self, record: Path, samples: SampleSet) -> None:
+        """Take in every live decision of the set's record (undone ones are not live)."""
+        judgements = read_judgements(record, manifest=samples.manifest)
         for row in live_judgements(judgements).itertuples():
             images = judged_images(row)
-            task = group_of.get(images[0]) if images else None
+            task = samples.group_of.get(images[0]) if images else None
             if task in self.tasks:
                 self.record(row.annotator, task, row.decision, skipped=row.kind == "skip")
 
@@ -123,5 +122,5 @@ def prompts_left(samples_dir: Path, judgements: Path, annotators_per_prompt: int
     samples = load_sample_set(samples_dir, "best")  # every protocol has one task per prompt
     state = Assignments(samples.tasks, annotators_per_prompt)
     if Path(judgements).is_file():
-        state.replay(read_judgements(judgements, manifest=samples.manifest), samples.group_of)
+        state.replay(judgements, samples)
     return sum(len(state.done.get(task, ())) < annotators_per_prompt for task in samples.tasks)
