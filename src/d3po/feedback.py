@@ -25,6 +25,7 @@ import torch
 
 from d3po.config import SamplerSpec
 from d3po.errors import InputFileError
+from d3po.labelling.assign import prompts_left
 from d3po.preferences import judgements_to_pairs, preference_pairs, read_judgements, timestamp
 from d3po.sample_sets import (
     SAMPLER_RECORD,
@@ -145,8 +146,6 @@ def judging_progress(
     ``annotators_per_prompt`` different annotators decided it (undone decisions and skips do
     not count). A missing record judges nothing.
     """
-    from d3po.labelling.assign import prompts_left
-
     total = read_manifest(samples_dir)["group"].nunique()
     return prompts_left(samples_dir, judgements_path, annotators_per_prompt), total
 
