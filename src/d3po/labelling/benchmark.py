@@ -22,15 +22,14 @@ import torch
 
 from d3po.labelling.server import app_process
 from d3po.preferences import PROTOCOLS, read_judgements
+from d3po.sample_sets import write_sample_set
+from d3po.world import PROMPTS, render
 
 
 def write_world_set(
     out_dir: Path, prompts: int, images_per_prompt: int, seed: int = 0, unsafe_rate: float = 0.5
 ) -> None:
     """A sample set (PNGs + manifest) of toy-world images drawn directly, without a model."""
-    from d3po.sample_sets import write_sample_set
-    from d3po.world import PROMPTS, render
-
     rng = np.random.default_rng(seed)
     chosen = [PROMPTS[i % len(PROMPTS)] for i in range(prompts)]
     images = [
