@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from d3po.judges import criterion_judge
 from d3po.labelling.app import create_app
 from d3po.labelling.server import running
 
@@ -47,8 +48,6 @@ def annotate_via_http(
     protocol: str = "score",
 ) -> int:
     """Judge every task of the set over HTTP; returns the number of decisions sent."""
-    from d3po.judges import criterion_judge
-
     judge = criterion_judge(criterion)
     app = create_app(samples_dir, out, protocol=protocol, annotators_per_prompt=1)
     decisions = 0
