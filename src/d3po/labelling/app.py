@@ -35,6 +35,7 @@ from d3po.preferences import JudgementRecord, read_judgements, timestamp
 
 #: Values of one image under the score protocol, per scale.
 SCALES: dict[str, tuple[int, ...]] = {"good-bad": (0, 1), "1-5": (1, 2, 3, 4, 5)}
+STATIC = Path(str(resources.files("d3po.labelling") / "static"))  # the page's HTML, CSS, JS
 
 AnnotatorName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9 ._@+-]{0,63}$")]
 TaskKey = Annotated[str, StringConstraints(pattern=r"^g[0-9]{4,8}$")]
@@ -196,10 +197,6 @@ def _record_trouble_is_503(outcome: str) -> Iterator[None]:
         raise HTTPException(503, f"{outcome}: {error}") from None
 
 
-def _static() -> Path:
-    return Path(str(resources.files("d3po.labelling") / "static"))
-
-
 def create_app(
     samples_dir: Path,
     judgements: Path,
@@ -236,18 +233,18 @@ def create_app(
     app.state.labeller = labeller
     protect(app, token, host)
     _add_routes(app, labeller)
-    app.mount("/static", StaticFiles(directory=_static()), name="static")
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
 
 
 def _add_routes(app: FastAPI, labeller: Labeller) -> None:
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:
-        return FileResponse(_static() / "index.html")
+        return FileResponse(STATIC / "index.html")
 
     @app.get("/report", include_in_schema=False)
     def report_page() -> FileResponse:
-        return FileResponse(_static() / "report.html")
+        return FileResponse(STATIC / "report.html")
 
     @app.get("/api/config")
     def config() -> dict[str, Any]:
