@@ -211,11 +211,11 @@ def sample(
     latents = [initial.to(device)]
     log_probs = []
     for t in timesteps:
-        step = _batched_step(
+        prev_sample, log_prob = _batched_step(
             pipe, latents[-1], t, prompt_embeds, negative_embeds, spec, generators, reduction
         )
-        latents.append(step.prev_sample)
-        log_probs.append(step.log_prob)
+        latents.append(prev_sample)
+        log_probs.append(log_prob)
     return Trajectories(
         prompts=image_prompts,
         groups=groups,
@@ -230,7 +230,8 @@ def sample(
 
 
 def _batched_step(pipe, latents, t, prompt_embeds, negative_embeds, spec, generators, reduction):
-    """One DDIM step for all images, in UNet calls of ``spec.images_per_call`` images."""
+    """One DDIM step for all images, in UNet calls of ``spec.images_per_call`` images: x_{t-1}
+    (B, C, H, W) and its log-probability (B,)."""
     outputs = []
     for start in range(0, latents.shape[0], spec.images_per_call):
         chunk = slice(start, start + spec.images_per_call)
@@ -250,12 +251,7 @@ def _batched_step(pipe, latents, t, prompt_embeds, negative_embeds, spec, genera
                 reduction=reduction,
             )
         )
-    return StepOutput(
-        *(
-            torch.cat([getattr(o, f) for o in outputs])
-            for f in ("prev_sample", "log_prob", "mean", "std")
-        )
-    )
+    return torch.cat([o.prev_sample for o in outputs]), torch.cat([o.log_prob for o in outputs])
 
 
 def _step_seed(group_seed: int, image_index: int) -> int:
