@@ -16,7 +16,6 @@ of recorded steps under the current weights (policy, or reference with the adapt
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -324,8 +323,8 @@ def concatenate(parts: list[Trajectories]) -> Trajectories:
 
 def save_trajectories(trajectories: Trajectories, path: Path) -> None:
     """Everything needed to train on these samples later (e.g. after people judged them)."""
-    fields = {f.name: getattr(trajectories, f.name) for f in dataclasses.fields(trajectories)}
-    torch.save({k: v.cpu() if torch.is_tensor(v) else v for k, v in fields.items()}, path)
+    fields = vars(trajectories).items()
+    torch.save({k: v.cpu() if torch.is_tensor(v) else v for k, v in fields}, path)
 
 
 def load_trajectories(path: Path) -> Trajectories:
