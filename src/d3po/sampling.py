@@ -16,6 +16,7 @@ of recorded steps under the current weights (policy, or reference with the adapt
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -297,9 +298,7 @@ def recorded_step(
 
 def concatenate(parts: list[Trajectories]) -> Trajectories:
     """One batch from several sampled one after the other (groups renumbered to stay apart)."""
-    offsets = [0]
-    for part in parts[:-1]:
-        offsets.append(offsets[-1] + int(part.groups.max()) + 1)
+    offsets = itertools.accumulate((int(part.groups.max()) + 1 for part in parts[:-1]), initial=0)
 
     def joined(name: str) -> torch.Tensor | None:
         values = [getattr(part, name) for part in parts]
