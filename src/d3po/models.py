@@ -311,6 +311,7 @@ def build_tokenizer(words: tuple[str, ...] = TINY_VOCABULARY, max_length: int = 
 
     alphabet = list(bytes_to_unicode().values())
     tokens = ["<|startoftext|>", "<|endoftext|>"] + alphabet + [s + "</w>" for s in alphabet]
+    vocab = {token: index for index, token in enumerate(tokens)}
     merges: list[tuple[str, str]] = []
     for word in words:
         pieces = list(word[:-1]) + [word[-1] + "</w>"]
@@ -319,13 +320,8 @@ def build_tokenizer(words: tuple[str, ...] = TINY_VOCABULARY, max_length: int = 
             if (left, right) not in merges:
                 merges.append((left, right))
             left = left + right
-            if left not in tokens:
-                tokens.append(left)
-    return CLIPTokenizer(
-        vocab={token: index for index, token in enumerate(tokens)},
-        merges=merges,
-        model_max_length=max_length,
-    )
+            vocab.setdefault(left, len(vocab))  # a new token takes the next id
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_length)
 
 
 def build_tiny_pipeline(seed: int = 0):
