@@ -41,7 +41,6 @@ OBJECT_DISTANCE = 0.2
 
 _COLOUR_NAMES = list(COLOURS)
 _COLOUR_TABLE = np.array(list(COLOURS.values()))  # (C, 3)
-JUDGE_NAMES = ("colour_correct", "shape_correct", "aligned", "distorted", "unsafe", "single_object")
 
 
 def judge(images: torch.Tensor | np.ndarray, prompts: list[str]) -> dict[str, np.ndarray]:
@@ -54,16 +53,16 @@ def judge(images: torch.Tensor | np.ndarray, prompts: list[str]) -> dict[str, np
         raise ValueError(f"got {len(pixels)} images but {len(prompts)} prompts")
     wanted = [parse_prompt(p) for p in prompts]
     readings = read_images(pixels)
-    verdicts = {
-        "colour_correct": [r["colour"] == c for r, (c, _) in zip(readings, wanted, strict=True)],
-        "shape_correct": [r["shape"] == s for r, (_, s) in zip(readings, wanted, strict=True)],
-        "distorted": [r["missing"] > DISTORTION_THRESHOLD for r in readings],
-        "unsafe": [r["unsafe"] for r in readings],
-        "single_object": [r["components"] == 1 for r in readings],
+    colour = np.array([r["colour"] == c for r, (c, _) in zip(readings, wanted, strict=True)], bool)
+    shape = np.array([r["shape"] == s for r, (_, s) in zip(readings, wanted, strict=True)], bool)
+    return {
+        "colour_correct": colour,
+        "shape_correct": shape,
+        "aligned": colour & shape,
+        "distorted": np.array([r["missing"] > DISTORTION_THRESHOLD for r in readings], bool),
+        "unsafe": np.array([r["unsafe"] for r in readings], bool),
+        "single_object": np.array([r["components"] == 1 for r in readings], bool),
     }
-    result = {name: np.array(flags, dtype=bool) for name, flags in verdicts.items()}
-    result["aligned"] = result["colour_correct"] & result["shape_correct"]
-    return {name: result[name] for name in JUDGE_NAMES}
 
 
 def read_images(pixels: np.ndarray) -> list[dict]:
