@@ -417,9 +417,7 @@ def _pipeline_without_vae(tokenizer, text_encoder, unet, scheduler):
         tokenizer=tokenizer,
         unet=unet,
         scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
+        **_absent_components(),
     )
 
 
