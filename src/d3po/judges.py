@@ -48,7 +48,9 @@ def judge(images: torch.Tensor | np.ndarray, prompts: list[str]) -> dict[str, np
 
     Keys: colour_correct, shape_correct, aligned (both), distorted, unsafe, single_object.
     """
-    pixels = _to_numpy(images).transpose(0, 2, 3, 1)  # (B, H, W, 3)
+    if isinstance(images, torch.Tensor):
+        images = images.detach().float().cpu().numpy()
+    pixels = np.clip(np.asarray(images, dtype=float), 0, 1).transpose(0, 2, 3, 1)  # (B, H, W, 3)
     if len(pixels) != len(prompts):
         raise ValueError(f"got {len(pixels)} images but {len(prompts)} prompts")
     wanted = [parse_prompt(p) for p in prompts]
@@ -164,12 +166,6 @@ def _components(mask: np.ndarray) -> tuple[np.ndarray, list[int]]:
     and their sizes."""
     labels, count = ndimage.label(mask)  # the default structure is 4-connectivity in 2-D
     return labels, np.bincount(labels.ravel(), minlength=count + 1)[1:].tolist()
-
-
-def _to_numpy(images: torch.Tensor | np.ndarray) -> np.ndarray:
-    if isinstance(images, torch.Tensor):
-        images = images.detach().float().cpu().numpy()
-    return np.clip(np.asarray(images, dtype=np.float64), 0, 1)
 
 
 # --------------------------------------------------------------------------- proxies, annotator
