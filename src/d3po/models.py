@@ -210,14 +210,13 @@ def check_model_folder(folder: Path, hint: str = "") -> None:
             raise ModelNotFoundError(f"{component} is missing (listed in {index_path}). {hint}")
         if not (component / "config.json").is_file():
             continue  # a scheduler or tokenizer: no weights
-        weights = sorted(component.glob("*.safetensors")) + sorted(component.glob("*.bin"))
-        if not weights:
+        safetensors = sorted(component.glob("*.safetensors"))
+        if not safetensors and not any(component.glob("*.bin")):
             raise ModelNotFoundError(
                 f"{component}: no weights file (*.safetensors or *.bin). {hint}".strip()
             )
-        for path in weights:
-            if path.suffix == ".safetensors":
-                check_safetensors(path, hint)
+        for path in safetensors:
+            check_safetensors(path, hint)
 
 
 def check_safetensors(path: Path, hint: str = "") -> None:
