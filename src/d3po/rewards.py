@@ -327,20 +327,6 @@ def _resolve_clip_weights(
     return clip_pretrained
 
 
-def _create_clip(clip_model: str, pretrained: str | None, device: str) -> torch.nn.Module:
-    import open_clip  # heavy: imported only when the aesthetic proxy is used
-
-    try:
-        model = open_clip.create_model(clip_model, pretrained=pretrained, device=device)
-    except RuntimeError as error:
-        raise MissingFileError(
-            f"aesthetic proxy: could not load open_clip {clip_model!r} with pretrained="
-            f"{pretrained!r} ({error}). Without network access, download the weights elsewhere "
-            "and set proxies.aesthetic.clip_checkpoint to the local file."
-        ) from error
-    return model.eval()
-
-
 @functools.lru_cache(maxsize=4)
 def _load_aesthetic(
     clip_model: str,
@@ -351,7 +337,7 @@ def _load_aesthetic(
     device: str,
 ) -> tuple[torch.nn.Module, torch.nn.Module, dict[str, Any]]:
     """Load (CLIP model, head, preprocessing config) once per settings and device."""
-    import open_clip
+    import open_clip  # heavy: imported only when the aesthetic proxy is used
 
     if not head_path or not Path(head_path).is_file():  # fail before the slow CLIP load
         where = f"file not found: {head_path}" if head_path else "no head file given"
@@ -363,7 +349,14 @@ def _load_aesthetic(
     pretrained = _resolve_clip_weights(
         clip_model, clip_pretrained, clip_checkpoint, allow_random_clip
     )
-    clip = _create_clip(clip_model, pretrained, device)
+    try:
+        clip = open_clip.create_model(clip_model, pretrained=pretrained, device=device).eval()
+    except RuntimeError as error:
+        raise MissingFileError(
+            f"aesthetic proxy: could not load open_clip {clip_model!r} with pretrained="
+            f"{pretrained!r} ({error}). Without network access, download the weights elsewhere "
+            "and set proxies.aesthetic.clip_checkpoint to the local file."
+        ) from error
     head = _load_head(head_path, int(clip.visual.output_dim)).to(device)
     return clip, head, open_clip.get_model_preprocess_cfg(clip)
 
