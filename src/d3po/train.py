@@ -73,9 +73,10 @@ class Trainer:
         the first starts from the previous round's final adapter)."""
         self.method = make_method(settings)
         if labelled is not None and not self.method.accepts_judgements:
+            judged = [name for name, cls in method_classes().items() if cls.accepts_judgements]
             raise ConfigError(
                 f"method: {settings.method} does not train on human judgements (it needs a "
-                f"{self.method.signal} from a proxy); methods that do: {judged_methods()}"
+                f"{self.method.signal} from a proxy); methods that do: {', '.join(judged)}"
             )
         self.settings = settings
         self.labelled = labelled
@@ -390,10 +391,6 @@ def gather_trajectories(trajectories: Trajectories, accelerator: Accelerator) ->
         images=everyone(trajectories.images),
         reference_log_probs=None if reference is None else everyone(reference),
     )
-
-
-def judged_methods() -> str:
-    return ", ".join(name for name, cls in method_classes().items() if cls.accepts_judgements)
 
 
 def make_accelerator(mixed_precision: str) -> Accelerator:
