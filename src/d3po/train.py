@@ -116,7 +116,8 @@ class Trainer:
                 scores, pairs = self.score(trajectories), None  # (B, objectives)
         else:  # a judged sample set: the same pairs every epoch
             trajectories, scores, pairs = self.judged_samples(), None, self.labelled.pairs
-        generator = torch.Generator().manual_seed(_derive_seed(self.settings.seed, self.epoch, 1))
+        seed = np.random.SeedSequence([self.settings.seed, self.epoch, 1]).generate_state(1)[0]
+        generator = torch.Generator().manual_seed(int(seed))
         items = self.method.prepare(Feedback(trajectories, scores, pairs), generator)
         update = self.update(items, trajectories, generator)
         row = {
@@ -410,10 +411,6 @@ def synchronize(device: torch.device) -> None:
     """Wait for the device's queued work (CUDA runs kernels asynchronously)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def _derive_seed(*parts: int) -> int:
-    return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
 
 
 def _accumulate(totals: dict[str, float], values: dict, weight: float) -> None:
