@@ -324,7 +324,7 @@ class Trainer:
         for first in range(0, items.num_units, self.training.units_per_step):
             step_items = items.of_units(order[first : first + self.training.units_per_step])
             shard = step_items.shard(self.accelerator.process_index, self.accelerator.num_processes)
-            micro_batches = [shard.slice(i, i + size) for i in range(0, len(shard), size)]
+            micro_batches = [shard.select(slice(i, i + size)) for i in range(0, len(shard), size)]
             steps.append((micro_batches, len(step_items)))
         return steps
 

@@ -112,11 +112,8 @@ class Items:
     def __getitem__(self, key: str) -> torch.Tensor:
         return self.tensors[key]
 
-    def select(self, index: torch.Tensor) -> Items:
+    def select(self, index: torch.Tensor | slice) -> Items:
         return Items({k: v[index] for k, v in self.tensors.items()}, self.num_units)
-
-    def slice(self, start: int, stop: int) -> Items:
-        return Items({k: v[start:stop] for k, v in self.tensors.items()}, self.num_units)
 
     def shard(self, rank: int, world: int) -> Items:
         """Items rank, rank + world, ...; padded with zero-weight copies to equal length."""
