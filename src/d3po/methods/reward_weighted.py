@@ -64,14 +64,6 @@ def denoising_items(
     )
 
 
-def denoising_loss(items: Items, policy: Policy):
-    """The weighted denoising loss of a micro-batch of ``denoising_items``."""
-    train_steps = policy.scheduler.config.num_train_timesteps
-    timesteps = (items["noise_level"] * train_steps).long().clamp(max=train_steps - 1)
-    prediction, target = policy.noise_prediction(items["sample"], timesteps, items["noise"])
-    return weighted_denoising_loss(prediction, target, items["sample_weight"].to(target.device))
-
-
 def reward_weights(rewards: np.ndarray) -> torch.Tensor:
     """(B,) sigmoid of the batch-standardised rewards: a "good" probability in (0, 1)."""
     rewards = torch.as_tensor(rewards, dtype=torch.float64)
@@ -109,4 +101,8 @@ class RewardWeighted(Method):
         )
 
     def loss(self, items: Items, policy: Policy):
-        return denoising_loss(items, policy)
+        """The weighted denoising loss of a micro-batch of ``denoising_items``."""
+        train_steps = policy.scheduler.config.num_train_timesteps
+        timesteps = (items["noise_level"] * train_steps).long().clamp(max=train_steps - 1)
+        prediction, target = policy.noise_prediction(items["sample"], timesteps, items["noise"])
+        return weighted_denoising_loss(prediction, target, items["sample_weight"].to(target.device))
