@@ -66,8 +66,6 @@ class DPOK(DDPO):
 
     name = "dpok"
     summary = "DPOK: policy gradient on the reward with a per-step KL penalty to the base model"
-    signal = "reward"
-    accepts_judgements = False
     needs_reference_log_probs = False  # the KL needs the reference mean, computed per item
     Options = DPOKOptions
 

@@ -24,7 +24,6 @@ class PreferredImage(RewardWeighted):
     name = "preferred_image"
     summary = "Preferred-image fine-tuning: denoising loss on the winners of the pairs"
     signal = "preferences"
-    accepts_judgements = True
 
     def prepare(self, feedback: Feedback, generator: torch.Generator) -> Items:
         winners = feedback.preference_pairs()[:, 0]  # (P,)
