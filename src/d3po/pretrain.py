@@ -25,8 +25,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from d3po.models import TOY_MODEL_DIR, build_tiny_pipeline
-from d3po.world import sample_dataset
+from d3po.config import SamplerSpec
+from d3po.judges import judge
+from d3po.models import TOY_MODEL_DIR, ModelSpec, build_tiny_pipeline, load_pipeline
+from d3po.sampling import sample
+from d3po.stats import mean_interval
+from d3po.world import PROMPTS, sample_dataset
 
 
 @dataclass(frozen=True)
@@ -77,8 +81,6 @@ def pretrain(out_dir: Path | str, spec: PretrainSpec = PretrainSpec()):
 
 
 def _load(folder: Path | str):
-    from d3po.models import ModelSpec, load_pipeline
-
     return load_pipeline(ModelSpec(source=str(Path(folder).resolve())))
 
 
@@ -164,12 +166,6 @@ def evaluate(pipe, images_per_prompt: int = 8, seed: int = 10_000, guidance_scal
 
     Returns {judge name: (rate, low, high)} with Wilson 95 % intervals.
     """
-    from d3po.config import SamplerSpec
-    from d3po.judges import judge
-    from d3po.sampling import sample
-    from d3po.stats import mean_interval
-    from d3po.world import PROMPTS
-
     prompts = [p for p in PROMPTS for _ in range(images_per_prompt)]
     seeds = [seed + i for i in range(len(prompts))]
     spec = SamplerSpec(num_steps=20, eta=1.0, guidance_scale=guidance_scale, images_per_call=64)
