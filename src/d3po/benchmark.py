@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from d3po.config import SamplerSpec, TrainingSpec, TrainSettings
 from d3po.models import ModelSpec, load_pipeline
@@ -99,8 +100,6 @@ def benchmark_settings(args: argparse.Namespace) -> TrainSettings:
 
 def unet_flops_per_item(pipe) -> float:
     """FLOPs of one UNet forward on one item (a latent and a prompt embedding)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     unet = pipe.unet
     latents = torch.zeros(1, *latent_shape(pipe), device=unet.device, dtype=unet.dtype)
     embeds, _ = pipe.encode_prompt([""], pipe.text_encoder.device, 1, False)
