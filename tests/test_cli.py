@@ -117,6 +117,30 @@ def test_a_json_argument_of_the_wrong_shape_is_a_usage_error(
     assert message in capsys.readouterr().err.splitlines()[-1]
 
 
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "'{path}' is not JSON, nor a JSON file"),
+        ('{"method": "d3po",\n', "{path}: not JSON (Expecting property name"),
+        (b"\xff\xfe{}", "{path}: not JSON ('utf-8' codec can't decode"),
+    ],
+)
+def test_a_settings_file_missing_or_not_json_is_a_usage_error_naming_it(
+    content, message, tmp_path, capsys
+):
+    settings = tmp_path / "settings.json"
+    if content is not None:
+        settings.write_bytes(content if isinstance(content, bytes) else content.encode())
+    arguments = ["--settings", str(settings), "--run-dir", "r", "--state-dir", "s"]
+    with pytest.raises(SystemExit) as raised:
+        cli.main(["train", *arguments])
+    assert raised.value.code == 2
+    last_line = capsys.readouterr().err.splitlines()[-1]
+    assert f"argument --settings: {message.format(path=settings)}" in last_line
+    if isinstance(content, str):  # where in the file
+        assert "line 2 column 1" in last_line
+
+
 def test_collect_with_no_run_writes_no_table(tmp_path, capsys):
     out = tmp_path / "evaluation.csv"
     with pytest.raises(SystemExit) as raised:

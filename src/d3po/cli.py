@@ -40,13 +40,14 @@ from d3po.errors import ConfigError, InputFileError, MissingFileError, UserError
 
 
 def _json(value: str) -> Any:
+    """Inline JSON, or the path of a JSON file; an error says which ``value`` was taken for."""
     path = Path(value)
-    if not value.lstrip().startswith(("{", "[")) and path.is_file():
-        return json.loads(path.read_text())
+    is_file = not value.lstrip().startswith(("{", "[")) and path.is_file()
     try:
-        return json.loads(value)
-    except json.JSONDecodeError as error:
-        raise argparse.ArgumentTypeError(f"not JSON and not a JSON file: {error}") from error
+        return json.loads(path.read_text() if is_file else value)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        what = f"{value}: not JSON" if is_file else f"{value!r} is not JSON, nor a JSON file"
+        raise argparse.ArgumentTypeError(f"{what} ({error})") from None
 
 
 def _json_of(kind: type, shape: str) -> Callable[[str], Any]:
