@@ -41,7 +41,7 @@ from d3po import rewards
 from d3po.config import StateError, TrainSettings
 from d3po.errors import ConfigError
 from d3po.feedback import LabelledSamples
-from d3po.methods import Feedback, Items, Policy, make_method, method_classes
+from d3po.methods import Feedback, Items, Policy, judged_methods, make_method
 from d3po.models import add_lora, load_lora_state, load_pipeline, save_lora
 from d3po.provenance import provenance
 from d3po.sampling import Trajectories, sample
@@ -73,10 +73,10 @@ class Trainer:
         the first starts from the previous round's final adapter)."""
         self.method = make_method(settings)
         if labelled is not None and not self.method.accepts_judgements:
-            judged = [name for name, cls in method_classes().items() if cls.accepts_judgements]
             raise ConfigError(
                 f"method: {settings.method} does not train on human judgements (it needs a "
-                f"{self.method.signal} from a proxy); methods that do: {', '.join(judged)}"
+                f"{self.method.signal} from a proxy); methods that do: "
+                f"{', '.join(judged_methods())}"
             )
         self.settings = settings
         self.labelled = labelled

@@ -318,17 +318,18 @@ def check_methods(name, experiment):
     """Each method of an experiment is known and can run on its feedback."""
     if METHOD_CLASSES is None:
         return
+    from d3po.methods import judged_methods
+
     field = f"experiments.{name}"
     judged = bool(experiment.get("judgements"))
     for index, method in enumerate(experiment["methods"]):
         check_method_name(["experiments", name, "methods", index], method)
         declared = METHOD_CLASSES[method]
         if judged and not declared.accepts_judgements:
-            accepting = [n for n, c in METHOD_CLASSES.items() if c.accepts_judgements]
             raise WorkflowError(
                 f"{field}.methods: {method} does not train on human judgements (it needs a "
                 f"{declared.signal} from a proxy); a judged experiment takes "
-                f"{', '.join(accepting)}"
+                f"{', '.join(judged_methods())}"
             )
         if declared.signal == "reward" and len(experiment["objectives"]) != 1:
             raise WorkflowError(

@@ -32,7 +32,16 @@ __path__ += [
     if (folder := Path(entry or ".") / "d3po" / "methods").is_dir()
     and not any(folder.samefile(known) for known in __path__)
 ]
-__all__ = ["Feedback", "Items", "Method", "Policy", "make_method", "method_class", "method_classes"]
+__all__ = [
+    "Feedback",
+    "Items",
+    "Method",
+    "Policy",
+    "judged_methods",
+    "make_method",
+    "method_class",
+    "method_classes",
+]
 
 
 @functools.cache
@@ -48,6 +57,11 @@ def method_classes() -> dict[str, type[Method]]:
                 )
             found[method.name] = method
     return dict(sorted(found.items()))
+
+
+def judged_methods() -> list[str]:
+    """Names of the methods that train on a judged sample set (people's pairs)."""
+    return [name for name, cls in method_classes().items() if cls.accepts_judgements]
 
 
 def _declared_methods(module) -> list[type[Method]]:
