@@ -84,6 +84,10 @@ def test_check_config_passes_every_shipped_config_and_refuses_a_list(tmp_path: P
     with pytest.raises(SystemExit):
         cli.main(["check-config", str(tmp_path / "list.yaml")])
     assert "list.yaml: expected config fields (a YAML mapping)" in capsys.readouterr().err
+    (tmp_path / "latin1.yaml").write_bytes("experiments: {caf\xe9: {}}\n".encode("latin-1"))
+    with pytest.raises(SystemExit):
+        cli.main(["check-config", str(tmp_path / "latin1.yaml")])
+    assert "latin1.yaml: not UTF-8 text (byte 17)" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("step", ["gpu-smoke", "benchmark", "pretrain-toy", "label-benchmark"])

@@ -188,6 +188,14 @@ def test_a_missing_judgements_file_is_one_line_naming_it(samples, tmp_path, caps
             lambda tasks: tasks[0]["annotations"][0]["result"][0].pop("value"),
             "task 7: pairwise selection None is not left/right",
         ),
+        (
+            lambda tasks: tasks[0]["annotations"][0].pop("completed_by"),
+            "task 7: an annotation's 'completed_by' names no annotator: None",
+        ),
+        (
+            lambda tasks: tasks[0]["annotations"][0].update(completed_by={"first_name": "Ana"}),
+            "task 7: an annotation's 'completed_by' names no annotator: {'first_name'",
+        ),
     ],
 )
 def test_a_malformed_label_studio_export_is_one_line_naming_the_task(
@@ -199,4 +207,27 @@ def test_a_malformed_label_studio_export_is_one_line_naming_the_task(
     export.write_text(json.dumps(tasks))
     with pytest.raises(ValueError, match=message):
         import_label_studio(samples, export, tmp_path / "labels.jsonl")
+    assert not (tmp_path / "labels.jsonl").exists()
+
+
+@pytest.mark.parametrize(
+    ("make_input", "out_name", "message"),
+    [
+        (lambda path: None, "labels.jsonl", "ana.json: No such file or directory"),
+        (lambda path: path.write_bytes(b"\xff\xfe[[1]]"), "labels.jsonl", "ana.json: not UTF-8"),
+        (lambda path: path.write_text("[[1, 0, 1]]"), "", ": Is a directory"),
+    ],
+    ids=["missing", "not-utf8", "out-is-a-folder"],
+)
+def test_an_import_file_that_cannot_be_read_or_written_is_one_line_naming_it(
+    samples, tmp_path, capsys, make_input, out_name, message
+):
+    make_input(tmp_path / "ana.json")
+    out = tmp_path / out_name  # "": the folder itself
+    with pytest.raises(SystemExit) as raised:
+        main(["label-import", "reference", str(tmp_path / "ana.json"), "--samples", str(samples),
+              "--out", str(out)])  # fmt: skip
+    error = capsys.readouterr().err
+    assert raised.value.code == 1 and error.count("\n") == 1 and "Traceback" not in error
+    assert error.startswith("d3po label-import: error: ") and message in error
     assert not (tmp_path / "labels.jsonl").exists()

@@ -34,7 +34,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from d3po.errors import ConfigError, InputFileError, MissingFileError, UserError
 
@@ -235,6 +235,8 @@ def cmd_check_config(args: argparse.Namespace) -> None:
         raise MissingFileError(f"{path}: no such config file")
     try:
         config = yaml.safe_load(path.read_text())
+    except UnicodeDecodeError as error:
+        raise InputFileError(f"{path}: not UTF-8 text (byte {error.start})") from None
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -433,8 +435,17 @@ def main(argv: list[str] | None = None) -> None:
     try:
         args.run(args)
     except UserError as error:  # one line for what the user can fix; anything else: traceback
-        print(f"d3po {args.step}: error: {error}", file=sys.stderr)
-        raise SystemExit(1) from None
+        _fail(args.step, str(error))
+    except OSError as error:
+        if error.filename is None:
+            raise
+        # a path that cannot be opened as it is (absent, a folder, no permission): the user's
+        _fail(args.step, f"{error.filename}: {error.strerror}")
+
+
+def _fail(step: str, message: str) -> NoReturn:
+    print(f"d3po {step}: error: {message}", file=sys.stderr)
+    raise SystemExit(1) from None
 
 
 def _quiet_libraries() -> None:

@@ -42,6 +42,8 @@ def _load_json(path: Path) -> Any:
         return json.loads(Path(path).read_text(encoding="utf-8-sig"))
     except json.JSONDecodeError as error:
         raise InputFileError(f"{path}: invalid JSON ({error.msg}, line {error.lineno})") from None
+    except UnicodeDecodeError as error:
+        raise InputFileError(f"{path}: not UTF-8 text (byte {error.start})") from None
 
 
 def _write(samples_dir: Path, out: Path, lines: list[tuple[str, dict[str, Any]]]) -> int:
@@ -110,11 +112,14 @@ def _match(url: Any, ids: dict[str, str], where: str) -> str:
     raise InputFileError(f"{where}: image {url!r} matches no image of the sample set")
 
 
-def _annotator(annotation: dict[str, Any]) -> str:
+def _annotator(annotation: dict[str, Any], where: str) -> str:
+    """Who made the annotation (``completed_by``: a user object, or the bare user id); an
+    error when it names nobody, rather than pooling such annotations as one annotator."""
     who = annotation.get("completed_by")
-    if isinstance(who, dict):
-        return str(who.get("email") or who.get("id"))
-    return f"label-studio-{who}"
+    name = (who.get("email") or who.get("id")) if isinstance(who, dict) else who
+    if not isinstance(name, int | str) or isinstance(name, bool) or name == "":
+        raise InputFileError(f"{where}: an annotation's 'completed_by' names no annotator: {who!r}")
+    return str(name) if isinstance(who, dict) else f"label-studio-{name}"
 
 
 def _object(value: Any, what: str, where: str) -> dict[str, Any]:
@@ -177,7 +182,7 @@ def import_label_studio(
                 "a": a,
                 "b": b,
                 "winner": "a" if selected == "left" else "b",
-                "annotator": _annotator(annotation),
+                "annotator": _annotator(annotation, where),
                 "time": annotation.get("created_at") or timestamp(),
                 "protocol": "pairwise",
             }
