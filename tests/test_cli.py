@@ -121,6 +121,14 @@ def test_a_json_argument_of_the_wrong_shape_is_a_usage_error(
     assert message in capsys.readouterr().err.splitlines()[-1]
 
 
+@pytest.mark.parametrize("port", ["99999", "0", "-1", "http"])
+def test_a_port_out_of_range_is_a_usage_error(port: str, capsys) -> None:
+    with pytest.raises(SystemExit) as raised:
+        cli.build_parser().parse_args(["label", "samples", "--judgements", "j", "--port", port])
+    assert raised.value.code == 2
+    assert f"--port: expected a TCP port, 1 to 65535, got '{port}'" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [

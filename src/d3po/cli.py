@@ -72,6 +72,12 @@ def _labelled(value: str) -> tuple[str, Path]:
     return label, Path(path)
 
 
+def _port(value: str) -> int:
+    if not value.isdigit() or not 1 <= int(value) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a TCP port, 1 to 65535, got '{value}'")
+    return int(value)
+
+
 #: A list of LABEL=PATH values; a repeated option adds to it (argparse's default keeps the last).
 LABELLED_LIST = {"type": _labelled, "nargs": "+", "action": "extend"}
 
@@ -286,7 +292,7 @@ def _add_label_parsers(steps: argparse._SubParsersAction) -> None:
     label.add_argument("samples", type=Path, metavar="SAMPLES_DIR")
     label.add_argument("--judgements", type=Path, required=True, help="JSON Lines, appended to")
     label.add_argument("--host", default="127.0.0.1", help="other than loopback needs a token")
-    label.add_argument("--port", type=int, default=8000)
+    label.add_argument("--port", type=_port, default=8000)
     label.add_argument("--protocol", choices=PROTOCOL_CHOICES, default="best")
     label.add_argument("--annotators-per-prompt", type=int, default=1)
     label.add_argument(
