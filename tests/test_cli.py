@@ -121,6 +121,13 @@ def test_a_json_argument_of_the_wrong_shape_is_a_usage_error(
     assert message in capsys.readouterr().err.splitlines()[-1]
 
 
+def test_the_labelling_choices_are_those_of_the_package() -> None:
+    from d3po.labelling.app import SCALES
+    from d3po.preferences import PROTOCOLS
+
+    assert (PROTOCOLS, tuple(SCALES)) == (cli.PROTOCOL_CHOICES, cli.SCALE_CHOICES)
+
+
 @pytest.mark.parametrize("port", ["99999", "0", "-1", "http"])
 def test_a_port_out_of_range_is_a_usage_error(port: str, capsys) -> None:
     with pytest.raises(SystemExit) as raised:

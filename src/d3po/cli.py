@@ -276,7 +276,10 @@ def cmd_gpu_smoke(args: argparse.Namespace) -> None:
     gpu_smoke()
 
 
+#: preferences.PROTOCOLS and the app's SCALES, repeated so that `d3po --help` and the steps that
+#: need neither do not import pandas (0.4 s); test_cli checks that the copies agree.
 PROTOCOL_CHOICES = ("best", "score", "pairwise")
+SCALE_CHOICES = ("good-bad", "1-5")
 
 
 def _fields(value: str) -> tuple[str, str]:
@@ -297,7 +300,7 @@ def _add_label_parsers(steps: argparse._SubParsersAction) -> None:
     label.add_argument("--annotators-per-prompt", type=int, default=1)
     label.add_argument(
         "--scale",
-        choices=("good-bad", "1-5"),
+        choices=SCALE_CHOICES,
         default="good-bad",
         help="the score protocol's values",
     )
