@@ -78,10 +78,16 @@ def _rounds_table() -> pd.DataFrame:
 def test_results_table_has_a_row_per_feedback_round(tmp_path: Path) -> None:
     evaluation = tmp_path / "evaluation.csv"
     _rounds_table().to_csv(evaluation, index=False)
-    summary = tables.results_table([evaluation], tmp_path / "r.csv", tmp_path / "r.md")
+    paper = {"hands": {"base": 0.4, "d3po": 0.9}}
+    summary = tables.results_table(
+        [evaluation], tmp_path / "r.csv", tmp_path / "r.md", paper, {"hands": "safe"}
+    )
     ends = dict(zip(summary["method"], summary["end_mean"], strict=True))
     assert ends == {"d3po round 1": pytest.approx(0.6), "d3po round 2": pytest.approx(0.8)}
     assert (summary["start_mean"] == 0.5).all()
+    # the paper's number after fine-tuning goes beside the last round only
+    assert summary["paper_start"].tolist() == [0.4, 0.4]
+    assert summary["paper"].fillna(-1).tolist() == [-1, 0.9]
     plots.plot_curves(evaluation, tmp_path / "curves.png")
     _assert_png(tmp_path / "curves.png")
 

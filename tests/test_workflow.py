@@ -580,6 +580,14 @@ def experiment_named_base(config):
     config["experiments"]["base"] = config["experiments"].pop("compressibility")
 
 
+def paper_number_for_a_misspelt_experiment(config):
+    config["paper"] = {"compresibility": {"base": -105, "d3po": -17}}
+
+
+def paper_number_for_a_method_the_experiment_does_not_train(config):
+    config["paper"] = {"compressibility": {"base": -105, "dpok": -31}}
+
+
 BAD_CONFIGS = {
     unknown_proxy: [
         "experiments.compressibility.objectives",
@@ -608,6 +616,15 @@ BAD_CONFIGS = {
         "experiments.safety.objectives: 'toy_safe' is not scored by the evaluation",
     ],
     experiment_named_base: ["bad.yaml line", "experiments.base: 'base' names the untrained"],
+    paper_number_for_a_misspelt_experiment: [
+        "bad.yaml line",
+        ": paper.compresibility: no experiment 'compresibility' (experiments: compressibility,",
+    ],
+    paper_number_for_a_method_the_experiment_does_not_train: [
+        "bad.yaml line",
+        ": paper.compressibility.dpok: experiment compressibility trains no method dpok (base, "
+        "d3po, ddpo)",
+    ],
     slurm_style_runtime: ["bad.yaml line", "resources.train.runtime: '08:00:00' is not a"],
     boolean_float_option: ["bad.yaml line", "methods.d3po", "beta: expected float, got True"],
     misspelt_experiment_method_option: [

@@ -370,7 +370,8 @@ def results_table(
     TABLE_NOTE says. The experiment's objective proxy (``objectives[experiment]``, by default
     the experiment's own name) comes first and is bold in the Markdown. ``paper``
     ({experiment: {method: value}}, with method "base" for the start) fills the "paper start"
-    and "paper end" columns on the objective row.
+    and "paper end" columns on the objective row (for feedback rounds, "paper end" on the last
+    round's).
     """
     table = read_evaluations(evaluation_csvs)
     objectives = objectives or {}
@@ -383,8 +384,15 @@ def results_table(
         return paper.get(row.experiment, {}).get(method, np.nan) if row.objective else np.nan
 
     rows = list(summary.itertuples(index=False))
+    # a judged experiment's rows are 'METHOD round R': the paper's end is its last round's
+    methods = summary["method"].str.replace(r" round \d+$", "", regex=True)
+    row_keys = summary.assign(method=methods)[["experiment", "method", "proxy"]]
+    last = ~row_keys.duplicated(keep="last")
     summary["paper_start"] = [paper_value(row, BASE) for row in rows]
-    summary["paper"] = [paper_value(row, row.method) for row in rows]
+    summary["paper"] = [
+        paper_value(row, method) if is_last else np.nan
+        for row, method, is_last in zip(rows, methods, last, strict=True)
+    ]
     markdown = _cells(summary, "**{}**").to_markdown(index=False) + f"\n\n{TABLE_NOTE}\n"
     markdown += _side_effects_markdown(side_effects(table, objectives))
     provenance = provenance_line()  # one git call and version lookup for both files

@@ -187,6 +187,7 @@ def check_config(config):
         else:
             check_online_objectives(name, experiment)
         check_objectives_evaluated(name, experiment)
+    check_paper()
     # without the package here (a warning said so), the checks below cannot run
     if REGISTERED_PROXIES is None:
         return
@@ -260,6 +261,24 @@ def check_objectives_evaluated(name, experiment):
             f"is not scored by the evaluation; add it to evaluation.proxies "
             f"({', '.join(evaluated)})"
         )
+
+
+def check_paper():
+    """Every paper number is shown: it names an experiment and 'base' or one of its methods."""
+    for name, values in config["paper"].items():
+        experiment = config["experiments"].get(name)
+        if experiment is None:
+            raise WorkflowError(
+                f"{config_location(['paper', name])}: paper.{name}: no experiment '{name}' "
+                f"(experiments: {', '.join(config['experiments'])})"
+            )
+        methods = ["base", *experiment["methods"]]
+        for method in values:
+            if method not in methods:
+                raise WorkflowError(
+                    f"{config_location(['paper', name, method])}: paper.{name}.{method}: "
+                    f"experiment {name} trains no method {method} ({', '.join(methods)})"
+                )
 
 
 def check_online_objectives(name, experiment):
