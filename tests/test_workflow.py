@@ -908,6 +908,29 @@ def test_users_proxy_rules_score_every_set_and_all_stays_the_default_target(work
     assert counts["all"] == 1
 
 
+def test_the_readme_proxy_rule_runs_once_its_conda_file_is_there(workdir):
+    """Without the environment file a rule names, Snakemake ran the job, then failed to record
+    it and dropped its scores; the check stops the run before any job, naming the file."""
+    readme = (REPO / "README.md").read_text()
+    rule = re.search(r"```python\n(rule sharpness:.*?)```", readme, re.DOTALL)[1]
+    (workdir / "my_rules").mkdir()
+    (workdir / "my_rules/sharpness.smk").write_text(rule)
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config["proxy_rules"] = ["my_rules/sharpness.smk"]
+    config["evaluation"]["proxies"].append("sharpness")
+    (workdir / "sharp.yaml").write_text(yaml.safe_dump(config))
+    result = dry_run(workdir, "sharp.yaml")
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and "Job stats" not in output, output
+    message = "proxy_rules: 'my_rules/sharpness.smk', rule sharpness: conda environment file "
+    assert f"{message}'my_rules/sharpness.yaml' does not exist" in output, output
+    (workdir / "my_rules/sharpness.yaml").write_text("dependencies: [numpy, pillow]\n")
+    result = dry_run(workdir, "sharp.yaml")
+    assert result.returncode == 0, result.stdout + result.stderr
+    counts = job_counts(result.stdout + result.stderr)
+    assert counts["sharpness"] == 1 + checkpoint_sample_sets(config)  # base and checkpoints
+
+
 def test_one_score_job_per_set_and_one_per_table_the_evaluation_does_not_list(workdir):
     """score_samples writes every evaluated registered proxy of a set at once; a round scored
     by a registered proxy outside the evaluation list gets that one table from score_proxy."""

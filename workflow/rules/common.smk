@@ -531,6 +531,8 @@ def register_rule_proxies(path, rules):
         raise WorkflowError(
             f"proxy_rules: '{path}' has no rule writing {RESULTS}/scores/{{sample_set}}/NAME.csv"
         )
+    for rule in rules:
+        check_conda_file(path, rule)
     for name in names:
         if name in (REGISTERED_PROXIES or ()) or name in RULE_PROXIES:
             raise WorkflowError(
@@ -538,6 +540,19 @@ def register_rule_proxies(path, rules):
                 f"{RULE_PROXIES.get(name, 'd3po.rewards')} already provides; rename it"
             )
         RULE_PROXIES[name] = path
+
+
+def check_conda_file(path, rule):
+    """A rule's `conda:` environment file is there (relative to its rules file, as Snakemake
+    reads it): Snakemake would find it missing only after the job ran, and drop its output."""
+    env = rule.conda_env
+    if not isinstance(env, str) or not env.endswith((".yaml", ".yml")) or "{" in env:
+        return  # a named environment, a folder, a function or a pattern: Snakemake's to check
+    if not (Path(path).parent / env).is_file():
+        raise WorkflowError(
+            f"proxy_rules: '{path}', rule {rule.name}: conda environment file "
+            f"'{Path(path).parent / env}' does not exist"
+        )
 
 
 METHOD_CLASSES = registered_methods()
