@@ -2,9 +2,9 @@
 
 `d3po <step>` prints these on one line, without a traceback, and exits with status 1, as it does
 an OSError about a path (absent, a folder, not permitted); any other exception (a bug, or an
-error inside torch or pandas) keeps its traceback. Each class also
-derives from the built-in error it refines (ValueError, FileNotFoundError, RuntimeError), so
-code that catches those keeps working.
+error inside torch or pandas) keeps its traceback. Each class also derives from the built-in
+error it refines (ValueError, FileNotFoundError, RuntimeError), so code that catches those keeps
+working.
 """
 
 from __future__ import annotations
