@@ -922,8 +922,8 @@ def test_the_readme_proxy_rule_runs_once_its_conda_file_is_there(workdir):
     result = dry_run(workdir, "sharp.yaml")
     output = result.stdout + result.stderr
     assert result.returncode != 0 and "Job stats" not in output, output
-    message = "proxy_rules: 'my_rules/sharpness.smk', rule sharpness: conda environment file "
-    assert f"{message}'my_rules/sharpness.yaml' does not exist" in output, output
+    message = "proxy_rules: 'my_rules/sharpness.smk': conda environment file "
+    assert f"{message}'my_rules/sharpness.yaml' (of rule sharpness) does not exist" in output
     (workdir / "my_rules/sharpness.yaml").write_text("dependencies: [numpy, pillow]\n")
     result = dry_run(workdir, "sharp.yaml")
     assert result.returncode == 0, result.stdout + result.stderr

@@ -531,8 +531,8 @@ def register_rule_proxies(path, rules):
         raise WorkflowError(
             f"proxy_rules: '{path}' has no rule writing {RESULTS}/scores/{{sample_set}}/NAME.csv"
         )
-    for rule in rules:
-        check_conda_file(path, rule)
+    for included in rules:
+        check_conda_file(path, included)
     for name in names:
         if name in (REGISTERED_PROXIES or ()) or name in RULE_PROXIES:
             raise WorkflowError(
@@ -543,15 +543,16 @@ def register_rule_proxies(path, rules):
 
 
 def check_conda_file(path, rule):
-    """A rule's `conda:` environment file is there (relative to its rules file, as Snakemake
-    reads it): Snakemake would find it missing only after the job ran, and drop its output."""
+    """The environment file of a rule's `conda:` is there (relative to its rules file, as
+    Snakemake reads it); Snakemake finds it missing only after the job ran, and drops its output.
+    """
     env = rule.conda_env
     if not isinstance(env, str) or not env.endswith((".yaml", ".yml")) or "{" in env:
         return  # a named environment, a folder, a function or a pattern: Snakemake's to check
     if not (Path(path).parent / env).is_file():
         raise WorkflowError(
-            f"proxy_rules: '{path}', rule {rule.name}: conda environment file "
-            f"'{Path(path).parent / env}' does not exist"
+            f"proxy_rules: '{path}': conda environment file '{Path(path).parent / env}' "
+            f"(of rule {rule.name}) does not exist"
         )
 
 
