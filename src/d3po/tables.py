@@ -205,14 +205,16 @@ def _last_epoch(rows: pd.DataFrame) -> pd.DataFrame:
     return rows[rows["epoch"] == last]
 
 
-def _by_round(runs: pd.DataFrame) -> Iterator[tuple[str, pd.DataFrame]]:
-    """(label, rows) per method, and per round for feedback rounds ("d3po round 2")."""
+def _by_round(runs: pd.DataFrame) -> Iterator[tuple[str, str, bool, pd.DataFrame]]:
+    """(method, label, is the last round, rows) per method, and per round for feedback rounds
+    (label "d3po round 2")."""
     for method, method_runs in runs.groupby("method", sort=True):
         if method_runs["round"].isna().all():
-            yield method, method_runs
+            yield method, method, True, method_runs
         else:  # groupby drops the rows whose round is NaN
-            for number, rows in method_runs.groupby("round", sort=True):
-                yield f"{method} round {int(number)}", rows
+            rounds = method_runs.groupby("round", sort=True)
+            for index, (number, rows) in enumerate(rounds, start=1):
+                yield method, f"{method} round {int(number)}", index == rounds.ngroups, rows
 
 
 def _end_row(ends: pd.DataFrame, start: pd.Series) -> dict[str, Any]:
@@ -239,22 +241,30 @@ def _end_row(ends: pd.DataFrame, start: pd.Series) -> dict[str, Any]:
     }
 
 
-def _summary_rows(table: pd.DataFrame, objectives: dict[str, str]) -> Iterator[dict[str, Any]]:
+def _summary_rows(
+    table: pd.DataFrame, objectives: dict[str, str], paper: dict[str, dict[str, float]]
+) -> Iterator[dict[str, Any]]:
     for experiment, runs in table.groupby("experiment", sort=True):
         base = runs[runs["method"] == BASE].groupby("proxy")
         starts = base.agg(mean=("mean", "mean"), blank=("blank", "mean"), seeds=("mean", "size"))
         starts["std"] = base["mean"].std(ddof=0)
         objective = objectives.get(experiment, experiment)
         proxies = sorted(runs["proxy"].unique(), key=lambda proxy: (proxy != objective, proxy))
-        for method, method_runs in _by_round(runs[runs["method"] != BASE]):
+        reference = paper.get(experiment, {})
+        for method, label, last_round, method_runs in _by_round(runs[runs["method"] != BASE]):
             ends = _last_epoch(method_runs)
             for proxy in proxies:
                 proxy_ends = ends[ends["proxy"] == proxy]
                 if proxy_ends.empty or proxy not in starts.index:
                     continue
-                row = {"experiment": experiment, "method": method, "proxy": proxy}
+                row = {"experiment": experiment, "method": label, "proxy": proxy}
                 row |= {"objective": proxy == objective}
-                yield row | _end_row(proxy_ends, starts.loc[proxy])
+                row |= _end_row(proxy_ends, starts.loc[proxy])
+                # the paper's numbers on the objective row; its end beside the last round
+                shown = proxy == objective
+                row["paper_start"] = reference.get(BASE, np.nan) if shown else np.nan
+                row["paper"] = reference.get(method, np.nan) if shown and last_round else np.nan
+                yield row
 
 
 def _format(mean: float, spread: float, seeds: int = 2) -> str:
@@ -375,24 +385,9 @@ def results_table(
     """
     table = read_evaluations(evaluation_csvs)
     objectives = objectives or {}
-    summary = pd.DataFrame(_summary_rows(table, objectives))
+    summary = pd.DataFrame(_summary_rows(table, objectives, paper or {}))
     if summary.empty:
         raise InputFileError("no trained runs (method other than 'base') in the evaluation tables")
-    paper = paper or {}
-
-    def paper_value(row, method: str) -> float:
-        return paper.get(row.experiment, {}).get(method, np.nan) if row.objective else np.nan
-
-    rows = list(summary.itertuples(index=False))
-    # a judged experiment's rows are 'METHOD round R': the paper's end is its last round's
-    methods = summary["method"].str.replace(r" round \d+$", "", regex=True)
-    row_keys = summary.assign(method=methods)[["experiment", "method", "proxy"]]
-    last = ~row_keys.duplicated(keep="last")
-    summary["paper_start"] = [paper_value(row, BASE) for row in rows]
-    summary["paper"] = [
-        paper_value(row, method) if is_last else np.nan
-        for row, method, is_last in zip(rows, methods, last, strict=True)
-    ]
     markdown = _cells(summary, "**{}**").to_markdown(index=False) + f"\n\n{TABLE_NOTE}\n"
     markdown += _side_effects_markdown(side_effects(table, objectives))
     provenance = provenance_line()  # one git call and version lookup for both files
