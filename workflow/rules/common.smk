@@ -549,9 +549,10 @@ def check_conda_file(path, rule):
     env = rule.conda_env
     if not isinstance(env, str) or not env.endswith((".yaml", ".yml")) or "{" in env:
         return  # a named environment, a folder, a function or a pattern: Snakemake's to check
-    if not (Path(path).parent / env).is_file():
+    env_file = Path(path).parent / env
+    if not env_file.is_file():
         raise WorkflowError(
-            f"proxy_rules: '{path}': conda environment file '{Path(path).parent / env}' "
+            f"proxy_rules: '{path}': conda environment file '{env_file}' "
             f"(of rule {rule.name}) does not exist"
         )
 
