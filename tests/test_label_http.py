@@ -5,6 +5,9 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -13,8 +16,8 @@ import httpx
 import numpy as np
 import pytest
 
-from d3po import preferences
-from d3po.labelling.app import UNCONFIRMED, create_app
+from d3po import cli, preferences
+from d3po.labelling.app import STATIC, UNCONFIRMED, create_app
 from d3po.labelling.assign import prompts_left
 from d3po.labelling.benchmark import judge_all, write_world_set
 from d3po.labelling.guard import MAX_BODY_BYTES
@@ -320,3 +323,35 @@ def test_report_page_and_data(small_set, tmp_path):
     assert [row["decisions"] for row in report["annotators"]] == [1, 1]
     assert report["training"]["pairs"] == 4  # two prompts, best of 3 over 2 others each
     assert np.isfinite(report["annotators"][0]["median_seconds_per_prompt"])
+
+
+def test_d3po_label_prints_urls_that_open_the_app_and_its_report(small_set, tmp_path):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "d3po", "label", str(small_set), "--port", str(port),
+               "--judgements", str(tmp_path / "labels.jsonl")]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        lines = [process.stdout.readline() for _ in range(3)]  # d3po label: ..., open, report
+        printed = dict(line.split() for line in lines[1:])
+        pages = {name: httpx.get(printed[name], timeout=30).text for name in ("open", "report")}
+    finally:
+        process.kill()
+        process.wait(timeout=30)
+    assert printed["open"] == f"http://localhost:{port}/"
+    assert pages["report"] == (STATIC / "report.html").read_text() != pages["open"]
+
+
+def test_a_port_in_use_is_one_line_before_any_url_or_file(small_set, tmp_path, capsys):
+    record = tmp_path / "labels.jsonl"
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = str(taken.getsockname()[1])
+        with pytest.raises(SystemExit) as raised:
+            cli.main(["label", str(small_set), "--judgements", str(record), "--port", port])
+    output = capsys.readouterr()
+    assert raised.value.code == 1 and output.out == ""
+    assert output.err.startswith(f"d3po label: error: --host 127.0.0.1 --port {port}: ")
+    assert "in use" in output.err and output.err.count("\n") == 1
+    assert not record.exists()

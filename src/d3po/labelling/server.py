@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import uvicorn
 
+from d3po.errors import ConfigError
 from d3po.labelling.app import create_app
 from d3po.labelling.guard import is_loopback
 
@@ -28,19 +29,31 @@ def serve(
     token: str | None = None,
     **options,
 ) -> None:
-    """Serve until Ctrl-C, printing the URL to open (with the token when one is needed)."""
+    """Serve until Ctrl-C, printing the URLs to open (with the token when one is needed)."""
     if token is None and not is_loopback(host):
         token = secrets.token_urlsafe(24)
+    listening = _listen(host, port)  # first: a port in use leaves no empty judgements file
     app = create_app(samples_dir, judgements, token=token, host=host, **options)
-    shown_host = "localhost" if is_loopback(host) else host
-    url = f"http://{shown_host}:{port}/" + (f"?token={token}" if token else "")
+    base = f"http://{'localhost' if is_loopback(host) else host}:{port}/"
+    query = f"?token={token}" if token else ""
     labeller = app.state.labeller
     print(
         f"d3po label: {len(labeller.samples.tasks)} prompts, protocol {labeller.protocol}, "
-        f"record {judgements}\n    open {url}\n    report {url.replace('/?', '/report?')}",
+        f"record {judgements}\n    open {base}{query}\n    report {base}report{query}",
         flush=True,
     )
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    config = uvicorn.Config(app, log_level="warning", access_log=False)
+    uvicorn.Server(config).run(sockets=[listening])
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """The app's socket, bound here: a port in use or an address this machine lacks is then a
+    one-line error before any URL is printed (uvicorn would log it after, and exit with 3)."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        return socket.create_server((host, port), family=family)
+    except OSError as error:  # socket.gaierror too: a host name that does not resolve
+        raise ConfigError(f"--host {host} --port {port}: cannot listen: {error.strerror}") from None
 
 
 @contextmanager
