@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from d3po import plots, tables
+from d3po.errors import ConfigError
 
 
 def _write_scores(path: Path, values: dict[str, list[float]]) -> Path:
@@ -191,6 +192,13 @@ def test_curves_show_units_the_95_percent_intervals_and_the_experiment(tmp_path:
     assert band[:, 1].min() == pytest.approx(rows["ci_low"].min())
     assert band[:, 1].max() == pytest.approx(rows["ci_high"].max())
     assert set(np.round(band[:, 0])) == {0, 128, 256}
+
+
+def test_an_objective_the_table_does_not_score_is_an_error_naming_it(tmp_path: Path) -> None:
+    evaluation = tmp_path / "evaluation.csv"
+    _one_seed_table().to_csv(evaluation, index=False)
+    with pytest.raises(ConfigError, match="'jpeg_compresibility' is not .*: jpeg_compressibility"):
+        plots.curves_figure(evaluation, objective="jpeg_compresibility")
 
 
 def test_a_judged_run_draws_no_empty_training_panel(tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from d3po.errors import ConfigError  # noqa: E402
 from d3po.rewards import proxy_unit  # noqa: E402
 from d3po.sample_sets import read_manifest  # noqa: E402
 from d3po.tables import BASE, read_evaluations, read_table  # noqa: E402
@@ -115,6 +116,9 @@ def curves_figure(
     proxy the runs were trained on). The title names the experiment(s).
     """
     table = read_evaluations(evaluation_csv)
+    if objective is not None and objective not in set(table["proxy"]):
+        scored = ", ".join(sorted(table["proxy"].unique()))
+        raise ConfigError(f"objective '{objective}' is not among the table's proxies: {scored}")
     metrics = _training_rewards(metrics_csvs)
     # the trained proxy first, what it may cost (alignment, the unsafe rate, ...) beside it
     proxies = sorted(table["proxy"].unique(), key=lambda proxy: (proxy != objective, proxy))
