@@ -4,10 +4,15 @@ for the methods that accept one, and a new method in one file picked up by the w
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
-import textwrap
+import re
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -106,16 +111,11 @@ def test_the_supervised_baselines_train_on_a_judged_set(judged_set, method):  # 
 
 # --------------------------------------------------------------------------- the workflow
 
-TOY_METHOD = '''
-"""A toy method for the test: DDPO's items and loss under another name."""
 
-from d3po.methods.ddpo import DDPO
-
-
-class Toy(DDPO):
-    name = "toy_method"
-    summary = "a test's method"
-'''
+def readme_method() -> str:
+    """The README's "Add a method" example, as a user would copy it."""
+    readme = (REPO / "README.md").read_text()
+    return re.search(r"## Add a method.*?```python\n(.*?)```", readme, re.DOTALL)[1]
 
 
 def dry_run(workdir: Path, config: dict, pythonpath: str = SOURCE) -> tuple[int, str]:
@@ -126,31 +126,47 @@ def dry_run(workdir: Path, config: dict, pythonpath: str = SOURCE) -> tuple[int,
     return result.returncode, result.stdout + result.stderr
 
 
-def test_a_method_in_one_file_is_picked_up_by_the_workflow(tmp_path):
+def test_the_readme_method_in_one_file_is_picked_up_by_the_workflow_and_trains(tmp_path):
     plugins = tmp_path / "plugins"
     (plugins / "d3po" / "methods").mkdir(parents=True)
-    (plugins / "d3po" / "methods" / "toy_method.py").write_text(textwrap.dedent(TOY_METHOD))
+    (plugins / "d3po" / "methods" / "plain_ppo.py").write_text(readme_method())
+    pythonpath = os.pathsep.join([str(plugins), SOURCE])
     (tmp_path / "work").mkdir()
     workdir = copy_workflow(tmp_path / "work")
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    config["experiments"]["compressibility"]["methods"] = ["d3po", "toy_method"]
-    config["methods"]["toy_method"] = {"clip_range": 0.01}
+    config["experiments"]["compressibility"]["methods"] = ["d3po", "plain_ppo"]
+    config["methods"]["plain_ppo"] = {"clip_range": 0.01}
 
-    returncode, output = dry_run(workdir, config, os.pathsep.join([str(plugins), SOURCE]))
+    returncode, output = dry_run(workdir, config, pythonpath)
     assert returncode == 0, output
-    assert "results/train/compressibility/toy_method/seed0/metrics.csv" in output
+    assert "results/train/compressibility/plain_ppo/seed0/metrics.csv" in output
     counts = job_counts(output)
     online_runs = sum(
         len(experiment["methods"]) * len(experiment["seeds"])
         for experiment in config["experiments"].values()
         if "judgements" not in experiment
     )
-    assert counts["train"] == online_runs  # toy_method's run among them
+    assert counts["train"] == online_runs  # plain_ppo's run among them
     assert counts["train_round"] == 1  # safety_judged, one round
 
     returncode, output = dry_run(workdir, config)  # without the file: its only change
     assert returncode != 0
-    assert "unknown method" in output and "toy_method" in output, output
+    assert "unknown method" in output and "plain_ppo" in output, output
+
+    one_epoch = dataclasses.asdict(settings("ddpo", epochs=1)) | {"method": "plain_ppo"}
+    one_epoch["method_options"] = {}
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "d3po", "train", "--settings", json.dumps(one_epoch),
+               "--run-dir", str(run), "--state-dir", str(tmp_path / "state")]  # fmt: skip
+    environment = os.environ | {"PYTHONPATH": pythonpath}
+    listed = subprocess.run([sys.executable, "-m", "d3po", "methods"], env=environment,
+                            capture_output=True, text=True)  # fmt: skip
+    assert "    methods.plain_ppo.clip_range = 0.2 (float)\n" in listed.stdout, listed
+    result = subprocess.run(command, env=environment, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    metrics = pd.read_csv(run / "metrics.csv")
+    assert list(metrics["epoch"]) == [1] and metrics["units"][0] == 6  # 2 prompts x 3 images
+    assert np.isfinite(metrics["loss"][0]) and metrics["grad_norm"][0] > 0
 
 
 @pytest.mark.parametrize(

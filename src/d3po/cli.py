@@ -109,7 +109,8 @@ def cmd_methods(args: argparse.Namespace) -> None:
         judged = ", judged sets" if method.accepts_judgements else ""
         print(f"{name}: {method.summary}\n    trains on: {feedback}{judged}")
         for option in dataclasses.fields(method.Options):
-            print(f"    methods.{name}.{option.name} = {option.default!r} ({option.type})")
+            kind = getattr(option.type, "__name__", option.type)  # a class, or a string
+            print(f"    methods.{name}.{option.name} = {option.default!r} ({kind})")
 
 
 def cmd_score(args: argparse.Namespace) -> None:
