@@ -169,6 +169,31 @@ def test_the_readme_method_in_one_file_is_picked_up_by_the_workflow_and_trains(t
     assert np.isfinite(metrics["loss"][0]) and metrics["grad_norm"][0] > 0
 
 
+HALF_DECLARED = """
+from d3po.methods.base import Method
+
+
+class Half(Method):
+    name = "half"
+    signal = "rewards"
+"""
+
+
+def test_a_method_missing_a_declaration_is_named_by_the_registry(tmp_path):
+    plugin = tmp_path / "d3po" / "methods" / "half.py"
+    plugin.parent.mkdir(parents=True)
+    plugin.write_text(HALF_DECLARED)
+    environment = os.environ | {"PYTHONPATH": os.pathsep.join([str(tmp_path), SOURCE])}
+    command = [sys.executable, "-m", "d3po", "methods"]
+    listed = subprocess.run(command, env=environment, capture_output=True, text=True)
+    assert listed.returncode != 0
+    message = "method 'half' (d3po.methods.half) does not declare ['summary', 'accepts_judgements']"
+    assert message in listed.stderr, listed.stderr
+    plugin.write_text(HALF_DECLARED + '    summary = "half"\n    accepts_judgements = False\n')
+    listed = subprocess.run(command, env=environment, capture_output=True, text=True)
+    assert "signal must be one of ('reward', 'preferences'), got 'rewards'" in listed.stderr
+
+
 @pytest.mark.parametrize(
     "methods, judged, accepted",
     [

@@ -16,10 +16,10 @@ import importlib
 import pkgutil
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, get_args
 
 from d3po.errors import ConfigError
-from d3po.methods.base import Feedback, Items, Method, Policy
+from d3po.methods.base import Feedback, Items, Method, Policy, Signal
 
 if TYPE_CHECKING:
     from d3po.config import TrainSettings
@@ -50,6 +50,7 @@ def method_classes() -> dict[str, type[Method]]:
     found: dict[str, type[Method]] = {}
     for module_info in pkgutil.iter_modules(__path__, prefix=f"{__name__}."):
         for method in _declared_methods(importlib.import_module(module_info.name)):
+            _check_declarations(method)
             if method.name in found:
                 raise RuntimeError(
                     f"method name '{method.name}' is defined twice: in "
@@ -74,6 +75,21 @@ def _declared_methods(module) -> list[type[Method]]:
         and value.__module__ == module.__name__
         and "name" in vars(value)
     ]
+
+
+def _check_declarations(method: type[Method]) -> None:
+    """A new method's missing declaration is named when the registry loads it, not later as an
+    AttributeError of whichever step reads it first."""
+    missing = [
+        key for key in ("summary", "signal", "accepts_judgements") if not hasattr(method, key)
+    ]
+    if missing:
+        raise TypeError(f"method '{method.name}' ({method.__module__}) does not declare {missing}")
+    if method.signal not in get_args(Signal):
+        raise TypeError(
+            f"method '{method.name}' ({method.__module__}): signal must be one of "
+            f"{get_args(Signal)}, got {method.signal!r}"
+        )
 
 
 def method_class(name: str, where: str = "method") -> type[Method]:
