@@ -325,22 +325,25 @@ def test_report_page_and_data(small_set, tmp_path):
     assert np.isfinite(report["annotators"][0]["median_seconds_per_prompt"])
 
 
-def test_d3po_label_prints_urls_that_open_the_app_and_its_report(small_set, tmp_path):
+@pytest.mark.parametrize("host, shown", [("127.0.0.1", "localhost"), ("0.0.0.0", "machine")])
+def test_d3po_label_prints_urls_that_open_the_app_and_its_report(small_set, tmp_path, host, shown):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     command = [sys.executable, "-m", "d3po", "label", str(small_set), "--port", str(port),
-               "--judgements", str(tmp_path / "labels.jsonl")]  # fmt: skip
+               "--judgements", str(tmp_path / "labels.jsonl"), "--host", host]  # fmt: skip
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     try:
         assert process.stdout is not None
         lines = [process.stdout.readline() for _ in range(3)]  # d3po label: ..., open, report
         printed = dict(line.split() for line in lines[1:])
-        pages = {name: httpx.get(printed[name], timeout=30).text for name in ("open", "report")}
+        shown = socket.gethostname() if shown == "machine" else shown  # not 0.0.0.0
+        here = {name: url.replace(shown, "127.0.0.1", 1) for name, url in printed.items()}
+        pages = {name: httpx.get(here[name], timeout=30).text for name in ("open", "report")}
     finally:
         process.kill()
         process.wait(timeout=30)
-    assert printed["open"] == f"http://localhost:{port}/"
+    assert printed["open"].startswith(f"http://{shown}:{port}/")
     assert pages["report"] == (STATIC / "report.html").read_text() != pages["open"]
 
 

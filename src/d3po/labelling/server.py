@@ -3,6 +3,7 @@ annotator), or ``d3po label`` in a process of its own (the benchmark, crash test
 
 from __future__ import annotations
 
+import ipaddress
 import secrets
 import socket
 import subprocess
@@ -34,7 +35,7 @@ def serve(
         token = secrets.token_urlsafe(24)
     listening = _listen(host, port)  # first: a port in use leaves no empty judgements file
     app = create_app(samples_dir, judgements, token=token, host=host, **options)
-    base = f"http://{'localhost' if is_loopback(host) else host}:{port}/"
+    base = f"http://{_url_host(host)}:{port}/"
     query = f"?token={token}" if token else ""
     labeller = app.state.labeller
     print(
@@ -44,6 +45,20 @@ def serve(
     )
     config = uvicorn.Config(app, log_level="warning", access_log=False)
     uvicorn.Server(config).run(sockets=[listening])
+
+
+def _url_host(host: str) -> str:
+    """The bound address as the printed URLs name it: this machine's name for a wildcard bind
+    (0.0.0.0 is not an address a colleague can open), an IPv6 address in brackets."""
+    if is_loopback(host):
+        return "localhost"
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host  # a host name
+    if address.is_unspecified:
+        return socket.gethostname()
+    return f"[{host}]" if address.version == 6 else host
 
 
 def _listen(host: str, port: int) -> socket.socket:
