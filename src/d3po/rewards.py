@@ -194,12 +194,10 @@ def proxy_options(name: str) -> dict[str, ProxyOption]:
     return dict(_registered(name).options)
 
 
-def check_proxy_options(
-    name: str, options: dict[str, Any] | None, where: str | None = None
-) -> dict[str, Any]:
-    """``options`` for proxy ``name``, checked: ConfigError naming ``where`` (default
-    ``proxies.NAME``) on an unknown option or a value of the wrong type."""
-    where = where or f"proxies.{name}"
+def check_proxy_options(name: str, options: dict[str, Any] | None) -> dict[str, Any]:
+    """``options`` for proxy ``name``, checked: ConfigError naming ``proxies.NAME`` on an
+    unknown option or a value of the wrong type."""
+    where = f"proxies.{name}"
     declared = _registered(name).options
     options = options or {}
     if not isinstance(options, dict):

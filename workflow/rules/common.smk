@@ -208,7 +208,7 @@ def check_proxy_options():
         if name not in REGISTERED_PROXIES:
             continue  # scored by the user's own rules, which own their options
         try:
-            check_options(name, options, where=f"proxies.{name}")
+            check_options(name, options)
         except ConfigError as error:
             location = config_location(["proxies", name])
             raise WorkflowError(f"{location}: {error}") from None
