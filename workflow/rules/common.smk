@@ -447,15 +447,15 @@ def scored_prompt_lists():
     yield ["evaluation", "proxies"], evaluation["prompts"], evaluation["proxies"]
     for name, experiment in config["experiments"].items():
         judgements = experiment.get("judgements") or {}
-        field = ["experiments", name, "judgements"]
+        keys = ["experiments", name, "judgements"]
         if not judgements:
-            field = ["experiments", name, "objectives"]
-            yield field, experiment["prompts"], experiment["objectives"]
+            keys = ["experiments", name, "objectives"]
+            yield keys, experiment["prompts"], experiment["objectives"]
         elif judgements.get("proxy"):
-            yield field + ["proxy"], judgements["prompts"], round_proxies(name)
+            yield keys + ["proxy"], judgements["prompts"], round_proxies(name)
         elif judgements.get("simulate"):
             criterion = criterion_proxy(judgements["simulate"])
-            yield field + ["simulate"], judgements["prompts"], [criterion]
+            yield keys + ["simulate"], judgements["prompts"], [criterion]
 
 
 def check_scored_prompts():
