@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from subprocess import PIPE
 
 import httpx
 import numpy as np
@@ -332,7 +333,7 @@ def test_d3po_label_prints_urls_that_open_the_app_and_its_report(small_set, tmp_
         port = probe.getsockname()[1]
     command = [sys.executable, "-m", "d3po", "label", str(small_set), "--port", str(port),
                "--judgements", str(tmp_path / "labels.jsonl"), "--host", host]  # fmt: skip
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen(command, stdout=PIPE, stderr=PIPE, text=True)
     try:
         assert process.stdout is not None
         lines = [process.stdout.readline() for _ in range(3)]  # d3po label: ..., open, report
@@ -340,11 +341,15 @@ def test_d3po_label_prints_urls_that_open_the_app_and_its_report(small_set, tmp_
         shown = socket.gethostname() if shown == "machine" else shown  # not 0.0.0.0
         here = {name: url.replace(shown, "127.0.0.1", 1) for name, url in printed.items()}
         pages = {name: httpx.get(here[name], timeout=30).text for name in ("open", "report")}
+        process.send_signal(signal.SIGINT)  # Ctrl-C
+        _, errors = process.communicate(timeout=30)
     finally:
-        process.kill()
+        if process.poll() is None:
+            process.kill()
         process.wait(timeout=30)
     assert printed["open"].startswith(f"http://{shown}:{port}/")
     assert pages["report"] == (STATIC / "report.html").read_text() != pages["open"]
+    assert process.returncode == 0 and "Traceback" not in errors, errors
 
 
 def test_a_port_in_use_is_one_line_before_any_url_or_file(small_set, tmp_path, capsys):

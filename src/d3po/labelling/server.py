@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import httpx
@@ -44,7 +44,8 @@ def serve(
         flush=True,
     )
     config = uvicorn.Config(app, log_level="warning", access_log=False)
-    uvicorn.Server(config).run(sockets=[listening])
+    with suppress(KeyboardInterrupt):  # Ctrl-C stops it, as uvicorn.run has it
+        uvicorn.Server(config).run(sockets=[listening])
 
 
 def _url_host(host: str) -> str:
