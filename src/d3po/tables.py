@@ -257,13 +257,13 @@ def _summary_rows(
                 proxy_ends = ends[ends["proxy"] == proxy]
                 if proxy_ends.empty or proxy not in starts.index:
                     continue
+                is_objective = proxy == objective
                 row = {"experiment": experiment, "method": label, "proxy": proxy}
-                row |= {"objective": proxy == objective}
-                row |= _end_row(proxy_ends, starts.loc[proxy])
+                row |= {"objective": is_objective} | _end_row(proxy_ends, starts.loc[proxy])
                 # the paper's numbers on the objective row; its end beside the last round
-                shown = proxy == objective
-                row["paper_start"] = reference.get(BASE, np.nan) if shown else np.nan
-                row["paper"] = reference.get(method, np.nan) if shown and last_round else np.nan
+                row["paper_start"] = reference.get(BASE, np.nan) if is_objective else np.nan
+                shown_end = is_objective and last_round
+                row["paper"] = reference.get(method, np.nan) if shown_end else np.nan
                 yield row
 
 
